@@ -1,0 +1,124 @@
+"""Typed records passed between the loop's steps (and through Airflow XCom as JSON)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class WindowSnapshot(Record):
+    """The recent data window, frozen to a file so every later step sees exactly the same rows."""
+
+    model: str
+    source: str
+    start: datetime
+    end: datetime
+    rows: int
+    content_hash: str
+    path: str = Field(description="Parquet file holding the window (sorted by time)")
+    time_column: str
+    target: str
+    features: list[str]
+
+
+class CandidateResult(Record):
+    name: str
+    kind: str
+    run_id: str
+    model_uri: str
+    version: str = Field(description="Registered model version")
+    metrics: dict[str, float]
+    primary_metric: float
+
+
+class TrainResult(Record):
+    model: str
+    snapshot: WindowSnapshot
+    candidates: list[CandidateResult]
+    holdout_rows: int
+    train_rows: int
+
+
+class ModelRef(Record):
+    version: str
+    run_id: str
+    metric: float | None = None
+
+
+class GateCheck(Record):
+    name: str
+    passed: bool
+    detail: str
+    judged: bool = True
+
+
+class GateDecision(Record):
+    model: str
+    promote: bool
+    reason: str
+    challenger: ModelRef
+    champion: ModelRef | None = None
+    metric: str
+    direction: str
+    delta: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    checks: list[GateCheck] = Field(default_factory=list)
+    forced: bool = False
+    forced_by: str | None = None
+    force_reason: str | None = None
+    decided_at: datetime
+    snapshot: WindowSnapshot
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class BentoRef(Record):
+    model: str
+    version: str
+    run_id: str
+    bento_tag: str
+    bento_model_tag: str
+    data_hash: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    image_repository: str | None = None
+    image_tag: str | None = None
+    image_digest: str | None = None
+
+
+class PromotionRecord(Record):
+    """A proposed change of the deployed model: on local git a branch + record file, on GitHub a pull request."""
+
+    id: str = Field(description="<model>/v<version>")
+    model: str
+    version: str
+    environment: str
+    branch: str
+    base_branch: str = "main"
+    title: str
+    body: str
+    manifest_path: str
+    commit: str | None = None
+    status: Literal["open", "merged", "closed"] = "open"
+    url: str | None = None
+    created_at: datetime
+    files: list[str] = Field(default_factory=list)
+
+
+class StepOutcome(Record):
+    """What a full pipeline run ended with."""
+
+    model: str
+    status: Literal["promoted", "not_promoted"]
+    reason: str
+    decision: GateDecision | None = None
+    bento: BentoRef | None = None
+    promotion: PromotionRecord | None = None

@@ -1,0 +1,219 @@
+"""The model spec: one YAML file per model under ``models/``, validated by pydantic before anything runs."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+_WINDOW_RE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_WINDOW_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_NAME_RE = r"^[a-z0-9][a-z0-9-]{0,62}$"
+
+
+class SpecError(ValueError):
+    """A model spec that cannot be used; the message names the file and the offending field(s)."""
+
+
+def parse_window(text: str) -> timedelta:
+    """'30d' -> 30 days; accepts s, m, h, d, w."""
+    match = _WINDOW_RE.match(str(text))
+    if not match:
+        raise ValueError(f"window must look like '30d', '12h' or '2w', got {text!r}")
+    amount, unit = int(match.group(1)), match.group(2)
+    if amount <= 0:
+        raise ValueError(f"window must be positive, got {text!r}")
+    return timedelta(**{_WINDOW_UNITS[unit]: amount})
+
+
+class Strict(BaseModel):
+    # Unknown keys are typos until proven otherwise: fail fast and name them.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskType(StrEnum):
+    binary_classification = "binary_classification"
+    regression = "regression"
+
+
+class ParquetSource(Strict):
+    kind: Literal["parquet"]
+    path: str = Field(description="Directory of Parquet files, hive-partitioned by date (date=YYYY-MM-DD).")
+
+
+class CsvSource(Strict):
+    kind: Literal["csv"]
+    path: str
+
+
+class SqlSource(Strict):
+    kind: Literal["sql"]
+    url: str = Field(description="SQLAlchemy URL")
+    query: str = Field(description="SELECT with :start and :end bind parameters filtering the time column")
+
+
+DataSource = Annotated[ParquetSource | CsvSource | SqlSource, Field(discriminator="kind")]
+
+
+class DataSpec(Strict):
+    source: DataSource
+    time_column: str
+    window: str = "30d"
+    target: str
+    features: list[str] = Field(min_length=1)
+    holdout_fraction: float = Field(default=0.2, gt=0.0, lt=0.9)
+
+    @field_validator("window")
+    @classmethod
+    def _valid_window(cls, value: str) -> str:
+        parse_window(value)
+        return value
+
+    @model_validator(mode="after")
+    def _target_not_a_feature(self) -> DataSpec:
+        if self.target in self.features:
+            raise ValueError(f"target {self.target!r} is also listed in features")
+        if self.time_column in self.features:
+            raise ValueError(f"time_column {self.time_column!r} must not be a feature")
+        if len(set(self.features)) != len(self.features):
+            raise ValueError("features contain duplicates")
+        return self
+
+    @property
+    def window_delta(self) -> timedelta:
+        return parse_window(self.window)
+
+
+class LightGBMCandidate(Strict):
+    name: str = Field(pattern=r"^[a-z0-9_-]+$")
+    kind: Literal["lightgbm"]
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class SklearnCandidate(Strict):
+    name: str = Field(pattern=r"^[a-z0-9_-]+$")
+    kind: Literal["sklearn"]
+    estimator: str = Field(pattern=r"^sklearn\.[\w.]+\.\w+$", description="e.g. sklearn.linear_model.LogisticRegression")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class FunctionCandidate(Strict):
+    name: str = Field(pattern=r"^[a-z0-9_-]+$")
+    kind: Literal["function"]
+    function: str = Field(pattern=r"^[\w.]+:\w+$", description="module:function, train(train_df, params) -> model")
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+Candidate = Annotated[LightGBMCandidate | SklearnCandidate | FunctionCandidate, Field(discriminator="kind")]
+
+_METRICS = {
+    TaskType.binary_classification: {"roc_auc": "maximize", "average_precision": "maximize", "log_loss": "minimize"},
+    TaskType.regression: {"rmse": "minimize", "mae": "minimize", "r2": "maximize"},
+}
+
+
+class MetricSpec(Strict):
+    name: str
+    direction: Literal["maximize", "minimize"] | None = None
+
+    def resolved_direction(self) -> str:
+        return self.direction or next(d for m in _METRICS.values() for n, d in m.items() if n == self.name)
+
+
+class GateSpec(Strict):
+    mode: Literal["superiority", "non_inferiority"] = "superiority"
+    min_improvement: float = Field(default=0.0, ge=0.0, description="Required gain of the primary metric.")
+    non_inferiority_margin: float = Field(default=0.005, ge=0.0)
+    confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    bootstrap_resamples: int = Field(default=1000, ge=100, le=100_000)
+    seed: int = 0
+
+
+class GitOpsSpec(Strict):
+    environment: str = Field(default="staging", pattern=_NAME_RE)
+    remote: str | None = Field(default=None, description="Remote URL/path; default: CTPIPE_GITOPS_REMOTE.")
+    manifest: str | None = Field(default=None, description="Values file path; default apps/<env>/<model>/values.yaml")
+    base_branch: str = "main"
+
+
+class ModelSpec(Strict):
+    name: str = Field(pattern=_NAME_RE, description="Model name: lowercase letters, digits, dashes.")
+    description: str = ""
+    task: TaskType = TaskType.binary_classification
+    schedule: str | None = "@daily"
+    data: DataSpec
+    candidates: list[Candidate] = Field(min_length=1)
+    metric: MetricSpec
+    gate: GateSpec = GateSpec()
+    gitops: GitOpsSpec = GitOpsSpec()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelSpec:
+        names = [c.name for c in self.candidates]
+        if len(set(names)) != len(names):
+            raise ValueError(f"candidate names must be unique, got {names}")
+        allowed = _METRICS[self.task]
+        if self.metric.name not in allowed:
+            raise ValueError(f"metric.name {self.metric.name!r} is not available for task {self.task}: {sorted(allowed)}")
+        return self
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.name
+
+    @property
+    def manifest_path(self) -> str:
+        return self.gitops.manifest or f"apps/{self.gitops.environment}/{self.name}/values.yaml"
+
+    @property
+    def direction(self) -> str:
+        return self.metric.resolved_direction()
+
+
+def _format_errors(source: str, error: ValidationError) -> str:
+    lines = [f"invalid model spec {source}:"]
+    for err in error.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(root)"
+        lines.append(f"  - {field}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def parse_spec(data: Any, source: str = "<spec>") -> ModelSpec:
+    try:
+        return ModelSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_format_errors(source, exc)) from None
+
+
+def load_spec(path: str | Path) -> ModelSpec:
+    from ruamel.yaml import YAML, YAMLError
+
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"model spec not found: {path}")
+    try:
+        data = YAML(typ="safe").load(path.read_text())
+    except YAMLError as exc:
+        raise SpecError(f"model spec {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"model spec {path} must be a mapping, got {type(data).__name__}")
+    spec = parse_spec(data, str(path))
+    if path.stem != spec.name:
+        raise SpecError(f"model spec {path}: file name must match name {spec.name!r} ({spec.name}.yaml)")
+    return spec
+
+
+def discover_specs(models_dir: str | Path) -> list[Path]:
+    return sorted(Path(models_dir).glob("*.yaml"))
+
+
+def find_spec(models_dir: str | Path, name: str) -> ModelSpec:
+    path = Path(models_dir) / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(p.stem for p in discover_specs(models_dir)) or "none"
+        raise SpecError(f"no model spec named {name!r} in {models_dir} (known: {known})")
+    return load_spec(path)
