@@ -122,3 +122,18 @@ class StepOutcome(Record):
     decision: GateDecision | None = None
     bento: BentoRef | None = None
     promotion: PromotionRecord | None = None
+
+
+class DeployedModel(Record):
+    """What a GitOps manifest (values file) on the base branch says is deployed."""
+
+    model: str
+    environment: str
+    version: str
+    run_id: str | None = None
+    bento_tag: str | None = None
+    data_hash: str | None = None
+    image_repository: str | None = None
+    image_tag: str | None = None
+    image_digest: str | None = None
+    commit: str | None = Field(default=None, description="Commit of the base branch the manifest was read at")

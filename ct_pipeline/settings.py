@@ -65,3 +65,18 @@ class Settings(BaseSettings):
 
 def get_settings() -> Settings:
     return Settings()
+
+
+def configure_environment(settings: Settings) -> None:
+    """Point MLflow and BentoML at the configured stores.
+
+    BentoML reads BENTOML_HOME when it is first imported, so call this before importing bentoml.
+    Explicit environment variables win over the embedded defaults.
+    """
+    import os
+
+    settings.home_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("BENTOML_HOME", str(settings.bento_home))
+    os.environ.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
