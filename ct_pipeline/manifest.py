@@ -1,0 +1,315 @@
+"""The GitOps manifest: the ``ct-serving`` Helm values file of one model in one environment.
+
+A promotion rewrites only ``model.*`` and ``image.*``; everything else in the file (replicas, resources,
+comments, Flux image-automation markers such as ``# {"$imagepolicy": "flux-system:fraud:tag"}``) is reviewed
+by hand and must survive a bump byte for byte. So :func:`bump` parses the file with ruamel.yaml's round-trip
+loader only to *locate* the scalars it changes, then splices the new values into the original text: every
+other byte of the file is left as it was (quote style is kept; the gap before a trailing comment absorbs a
+change in length so comments stay in their column where possible). Only when a key has to be added (or a
+block is in flow style) does it fall back to a full ruamel.yaml round-trip dump. Either way the result is
+re-parsed and checked: the changed keys hold the new values and nothing else in the document differs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from typing import Any
+
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString, SingleQuotedScalarString
+
+from ct_pipeline.records import BentoRef, DeployedModel
+from ct_pipeline.spec import ModelSpec
+
+# values key -> BentoRef field
+MODEL_FIELDS = {"version": "version", "runId": "run_id", "bentoTag": "bento_tag", "dataHash": "data_hash"}
+IMAGE_FIELDS = {"repository": "image_repository", "tag": "image_tag", "digest": "image_digest"}
+
+# Plain scalars that YAML 1.1 (Helm's parser) or 1.2 would not read back as the same string.
+_YAML11_SPECIAL = {"y", "n", "yes", "no", "on", "off", "true", "false", "null", "~", ""}
+_PLAIN_SAFE_RE = re.compile(r"^[A-Za-z_/][A-Za-z0-9_./@+-]*$")
+_NUMBERISH_RE = re.compile(r"^[-+.]?[0-9]|^\.(inf|nan)$", re.IGNORECASE)
+
+
+class ManifestError(ValueError):
+    """A values file that cannot be read or bumped; the message says what is wrong with it."""
+
+
+_INITIAL_VALUES = """\
+# ct-serving values: {name} in {environment}.
+# Promotions rewrite only model.* and image.*; everything else is reviewed by hand.
+model:
+  name: {name_yaml}
+  version: ""        # MLflow registered model version; "" = nothing deployed yet
+  runId: ""
+  bentoTag: ""
+  dataHash: ""
+image:
+  repository: ""
+  tag: ""
+  digest: ""
+modelServer:
+  replicas: 2
+gateway:
+  replicas: 2
+"""
+
+
+def _plain_ok(value: str) -> bool:
+    return (
+        bool(_PLAIN_SAFE_RE.match(value))
+        and value.lower() not in _YAML11_SPECIAL
+        and not _NUMBERISH_RE.match(value)
+    )
+
+
+def _yaml_scalar(value: str, style: str | None = None) -> str:
+    """Render ``value`` as a one-line YAML string scalar in ``style`` ('"', "'" or None = plain if safe)."""
+    if style == "'" and "\n" not in value:
+        return "'" + value.replace("'", "''") + "'"
+    if style is None and _plain_ok(value):
+        return value
+    return json.dumps(value, ensure_ascii=False)  # JSON strings are valid YAML double-quoted scalars
+
+
+def render_initial_values(spec: ModelSpec) -> str:
+    """The values file of ``spec`` with nothing deployed yet (``model.version: ""``)."""
+    return _INITIAL_VALUES.format(
+        name=spec.name, environment=spec.gitops.environment, name_yaml=_yaml_scalar(spec.name)
+    )
+
+
+def _rt_yaml() -> YAML:
+    yaml = YAML(typ="rt")
+    yaml.preserve_quotes = True
+    yaml.width = 4096  # never fold long values such as image digests
+    return yaml
+
+
+def _load(text: str) -> Any:
+    try:
+        return _rt_yaml().load(text)
+    except YAMLError as exc:
+        raise ManifestError(f"values file is not valid YAML: {exc}") from None
+
+
+def _plain(data: Any) -> Any:
+    """Comparable plain-Python form of a round-trip document (drops comments and styles)."""
+    if isinstance(data, dict):
+        return {str(k): _plain(v) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_plain(v) for v in data]
+    if hasattr(data, "value") and type(data).__name__ == "TaggedScalar":
+        return str(data.value)
+    if isinstance(data, str):
+        return str(data)
+    return data
+
+
+def _model_block(data: Any, expected_model: str | None) -> dict:
+    if not isinstance(data, dict):
+        raise ManifestError("values file must be a mapping with a 'model' block")
+    block = data.get("model")
+    if not isinstance(block, dict):
+        raise ManifestError("values file has no 'model' block (model.name, model.version, ...)")
+    name = block.get("name")
+    if expected_model is not None and str(name) != expected_model:
+        raise ManifestError(f"values file is for model {name!r}, not {expected_model!r}")
+    return block
+
+
+def _str_or_none(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(_plain(value))
+    return text or None
+
+
+def read_deployed(
+    text: str,
+    spec_or_model: ModelSpec | str,
+    environment: str | None = None,
+    commit: str | None = None,
+) -> DeployedModel | None:
+    """What the values file says is deployed, or None when ``model.version`` is empty.
+
+    ``environment`` defaults to the spec's environment; ``commit`` is recorded on the result (the base
+    commit the file was read at). Raises :class:`ManifestError` when the file names another model.
+    """
+    if isinstance(spec_or_model, ModelSpec):
+        model = spec_or_model.name
+        environment = environment or spec_or_model.gitops.environment
+    else:
+        model = spec_or_model
+    if not environment:
+        raise ValueError("read_deployed needs an environment when given a model name")
+    data = _load(text)
+    block = _model_block(data, model)
+    version = _str_or_none(block.get("version"))
+    if version is None:
+        return None
+    image = data.get("image") if isinstance(data.get("image"), dict) else {}
+    return DeployedModel(
+        model=model,
+        environment=environment,
+        version=version,
+        run_id=_str_or_none(block.get("runId")),
+        bento_tag=_str_or_none(block.get("bentoTag")),
+        data_hash=_str_or_none(block.get("dataHash")),
+        image_repository=_str_or_none(image.get("repository")),
+        image_tag=_str_or_none(image.get("tag")),
+        image_digest=_str_or_none(image.get("digest")),
+        commit=commit,
+    )
+
+
+def planned_changes(bento: BentoRef) -> dict[tuple[str, str], str]:
+    """The (block, key) -> new value pairs a bump to ``bento`` writes.
+
+    ``image.*`` is only touched when the BentoRef carries image fields; then all three are written (a
+    missing digest becomes "" so a stale digest never pins the previous image).
+    """
+    changes: dict[tuple[str, str], str] = {
+        ("model", key): getattr(bento, attr) or "" for key, attr in MODEL_FIELDS.items()
+    }
+    if any(getattr(bento, attr) for attr in IMAGE_FIELDS.values()):
+        changes.update({("image", key): getattr(bento, attr) or "" for key, attr in IMAGE_FIELDS.items()})
+    return changes
+
+
+class _NeedsRoundTrip(Exception):
+    """The value cannot be spliced in place; use the ruamel.yaml round-trip dump instead."""
+
+
+def _scalar_end(line: str, col: int) -> tuple[int, str | None]:
+    """End column (exclusive) and quote style of the one-line scalar starting at ``line[col]``."""
+    first = line[col : col + 1]
+    if first == '"':
+        i = col + 1
+        while i < len(line):
+            if line[i] == "\\":
+                i += 2
+                continue
+            if line[i] == '"':
+                return i + 1, '"'
+            i += 1
+        raise _NeedsRoundTrip
+    if first == "'":
+        i = col + 1
+        while i < len(line):
+            if line[i] == "'":
+                if line[i + 1 : i + 2] == "'":
+                    i += 2
+                    continue
+                return i + 1, "'"
+            i += 1
+        raise _NeedsRoundTrip
+    if first in ("", "#") or first in "&!*|>{[":
+        raise _NeedsRoundTrip
+    comment = re.search(r"\s#", line[col:])
+    end = col + comment.start() if comment else len(line)
+    return len(line[:end].rstrip()), None
+
+
+def _splice(text: str, data: Any, changes: dict[tuple[str, str], str]) -> str:
+    lines = text.splitlines(keepends=True)
+    edits: list[tuple[int, int, int, str]] = []  # (line, start, end, replacement)
+    for (block_name, key), value in changes.items():
+        block = data.get(block_name)
+        if not isinstance(block, dict) or key not in block or block.fa.flow_style():
+            raise _NeedsRoundTrip
+        key_line, _ = block.lc.key(key)
+        if block[key] is None:  # "key:" with no value: insert after the colon
+            body = lines[key_line].rstrip("\r\n")
+            match = re.match(rf"^(\s*{re.escape(key)}\s*:)(\s*)(#.*)?$", body)
+            if not match:
+                raise _NeedsRoundTrip
+            start = match.end(1)
+            edits.append((key_line, start, start, " " + _yaml_scalar(value, '"')))
+            continue
+        line_no, col = block.lc.value(key)
+        if line_no != key_line or isinstance(block[key], (dict, list)):
+            raise _NeedsRoundTrip
+        body = lines[line_no].rstrip("\r\n")
+        end, style = _scalar_end(body, col)
+        if style is None and str(block[key]) != body[col:end]:
+            raise _NeedsRoundTrip  # multi-line plain scalar or non-string (int, bool) we won't guess about
+        if style is None and not isinstance(block[key], str):
+            style = '"'
+        edits.append((line_no, col, end, _yaml_scalar(value, style)))
+    for line_no, start, end, new in sorted(edits, reverse=True):
+        line = lines[line_no]
+        old_len = end - start
+        gap = re.match(r"[ \t]*", line[end:]).group(0)
+        after = line[end + len(gap) :]
+        if after.startswith("#") and gap and set(gap) == {" "}:
+            gap = " " * max(1, len(gap) - (len(new) - old_len))  # keep the comment in its column
+        lines[line_no] = line[:start] + new + gap + after
+    return "".join(lines)
+
+
+def _round_trip(text: str, changes: dict[tuple[str, str], str]) -> str:
+    from ruamel.yaml.util import load_yaml_guess_indent
+
+    data, seq_indent, seq_offset = load_yaml_guess_indent(text)
+    mapping_indent = data["model"].lc.col or 2  # column of the model block's keys
+    yaml = _rt_yaml()
+    yaml.indent(mapping=mapping_indent, sequence=seq_indent or mapping_indent, offset=seq_offset or 0)
+    data = yaml.load(text)
+    for (block_name, key), value in changes.items():
+        block = data.get(block_name)
+        if block is None:
+            from ruamel.yaml.comments import CommentedMap
+
+            block = data[block_name] = CommentedMap()
+        single = isinstance(block.get(key), SingleQuotedScalarString)
+        block[key] = (SingleQuotedScalarString if single else DoubleQuotedScalarString)(value)
+    out = io.StringIO()
+    yaml.dump(data, out)
+    return out.getvalue()
+
+
+def bump(text: str, bento: BentoRef) -> str:
+    """Point the values file at ``bento``: sets ``model.*`` (and ``image.*`` when ``bento`` has an image).
+
+    Everything else is kept byte for byte. Raises :class:`ManifestError` when the file has no ``model``
+    block, names another model, or a non-model/image part would change.
+    """
+    data = _load(text)
+    _model_block(data, bento.model)
+    if "image" in data and not isinstance(data["image"], dict):
+        raise ManifestError("values file has an 'image' key that is not a mapping")
+    changes = planned_changes(bento)
+    try:
+        new_text = _splice(text, data, changes)
+    except _NeedsRoundTrip:
+        new_text = _round_trip(text, changes)
+    _verify(text, new_text, changes)
+    return new_text
+
+
+def _verify(old_text: str, new_text: str, changes: dict[tuple[str, str], str]) -> None:
+    expected = _plain(_load(old_text))
+    for (block_name, key), value in changes.items():
+        expected.setdefault(block_name, {})[key] = value
+    actual = _plain(_load(new_text))
+    if actual != expected:
+        raise ManifestError("internal error: bumping the values file would change more than model.*/image.*")
+
+
+def changed_values(old_text: str | None, new_text: str) -> list[tuple[str, str | None, str]]:
+    """``[(dotted key, old, new)]`` for the model/image keys that differ (old is None for a new file)."""
+    old = _plain(_load(old_text)) if old_text else {}
+    new = _plain(_load(new_text))
+    out = []
+    for block_name in ("model", "image"):
+        old_block = old.get(block_name) if isinstance(old.get(block_name), dict) else {}
+        new_block = new.get(block_name) if isinstance(new.get(block_name), dict) else {}
+        for key, value in new_block.items():
+            before = old_block.get(key) if old_text else None
+            if before != value:
+                out.append((f"{block_name}.{key}", None if before is None else str(before), str(value)))
+    return out
