@@ -1,0 +1,265 @@
+"""Package a gated model version as a Bento: import it from MLflow, build it with the serving code.
+
+``build_bento(spec, decision, settings)`` is idempotent: a bento already labelled with the same model,
+registered version and MLflow run id is returned instead of being rebuilt.
+
+BentoML reads ``BENTOML_HOME`` when first imported, so bentoml/mlflow are imported lazily inside the
+functions, after :func:`ct_pipeline.settings.configure_environment`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+import tempfile
+from datetime import UTC, datetime
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from ct_pipeline.records import BentoRef, GateDecision
+from ct_pipeline.settings import Settings, configure_environment
+from ct_pipeline.spec import ModelSpec
+
+SERVICE_SOURCE = Path(__file__).resolve().parents[1] / "serving" / "model_service" / "service.py"
+SERVICE_MODULE = "service"
+SERVICE_CLASS = "CTModelService"
+SERVICE_IMPORT = f"{SERVICE_MODULE}:{SERVICE_CLASS}"
+CONFIG_FILE = "ct_model.json"
+
+# What the bento's container needs at runtime, pinned to the versions this process built with.
+RUNTIME_PACKAGES = ("mlflow", "scikit-learn", "lightgbm", "pandas", "numpy", "pydantic")
+
+# Label values are kept Kubernetes/BentoCloud-safe: <= 63 chars, alphanumerics with - _ . inside.
+# Full values (e.g. a long data hash) stay in ct_model.json and the bento model metadata.
+_LABEL_MAX = 63
+_LABEL_BAD_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
+_TAG_BAD_CHARS = re.compile(r"[^a-z0-9_.-]+")
+
+_MLFLOW_TYPES = {"double", "float", "long", "integer", "boolean", "string"}
+
+
+class PackageError(RuntimeError):
+    """The model version cannot be packaged; the message says which one and why."""
+
+
+def sanitize_label(value: Any) -> str:
+    """A label value BentoML, OCI and Kubernetes all accept ('' stays '')."""
+    text = _LABEL_BAD_CHARS.sub("-", str(value))[:_LABEL_MAX]
+    return text.strip("-_.")
+
+
+def bento_model_name(model: str) -> str:
+    """BentoML model/bento name for a spec name (lowercase, digits, '-', '_', '.', <= 63 chars)."""
+    name = _TAG_BAD_CHARS.sub("-", model.lower()).strip("-_.")[:_LABEL_MAX].strip("-_.")
+    if not name:
+        raise PackageError(f"cannot derive a BentoML name from model name {model!r}")
+    return name
+
+
+def bento_model_version(version: str, run_id: str) -> str:
+    return f"v{sanitize_label(version)}-{sanitize_label(run_id)[:12]}".lower()
+
+
+def runtime_requirements() -> list[str]:
+    pins = []
+    for dist in RUNTIME_PACKAGES:
+        try:
+            pins.append(f"{dist}=={importlib_metadata.version(dist)}")
+        except importlib_metadata.PackageNotFoundError:
+            pins.append(dist)
+    return pins
+
+
+def _feature_dtypes(mlflow_model_dir: Path, features: list[str], model_uri: str) -> dict[str, str]:
+    """MLflow signature dtypes of the spec's features ('double' when the model has no signature)."""
+    from mlflow.models import Model as MLflowModel
+
+    signature = MLflowModel.load(str(mlflow_model_dir / "MLmodel")).signature
+    if signature is None or signature.inputs is None or not signature.inputs.has_input_names():
+        return {f: "double" for f in features}
+    dtypes = {}
+    for spec in signature.inputs.inputs:
+        dtype = getattr(spec, "type", None)
+        dtypes[spec.name] = getattr(dtype, "name", str(dtype)) if dtype is not None else "double"
+    missing = [f for f in features if f not in dtypes]
+    if missing:
+        raise PackageError(
+            f"model {model_uri} signature lacks spec features {missing} (has {sorted(dtypes)})"
+        )
+    unsupported = {f: dtypes[f] for f in features if dtypes[f] not in _MLFLOW_TYPES}
+    if unsupported:
+        raise PackageError(f"model {model_uri}: unsupported feature dtypes {unsupported}")
+    return {f: dtypes[f] for f in features}
+
+
+def _lineage_labels(spec: ModelSpec, version: str, run_id: str, data_hash: str) -> dict[str, str]:
+    labels = {
+        "ct-pipeline": "true",
+        "model": spec.name,
+        "version": version,
+        "run_id": run_id,
+        "data_hash": data_hash,
+        "task": str(spec.task),
+    }
+    return {k: sanitize_label(v) for k, v in labels.items()}
+
+
+def find_bento(model: str, version: str, run_id: str | None = None):
+    """A bento in the local store labelled with this model + version (+ run id), newest first, or None."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        bentos = bentoml.bentos.list(bento_model_name(model))
+    except NotFound:
+        return None
+    wanted = {"model": sanitize_label(model), "version": sanitize_label(version)}
+    if run_id:
+        wanted["run_id"] = sanitize_label(run_id)
+    matches = [b for b in bentos if all(b.info.labels.get(k) == v for k, v in wanted.items())]
+    matches.sort(key=lambda b: b.info.creation_time, reverse=True)
+    return matches[0] if matches else None
+
+
+def _bento_ref(bento, data_hash: str) -> BentoRef:
+    labels = dict(bento.info.labels)
+    models = bento.info.all_models if hasattr(bento.info, "all_models") else bento.info.models
+    return BentoRef(
+        model=labels.get("model", bento.tag.name),
+        version=labels.get("version", ""),
+        run_id=labels.get("run_id", ""),
+        bento_tag=str(bento.tag),
+        bento_model_tag=str(models[0].tag) if models else "",
+        data_hash=data_hash,
+        labels=labels,
+    )
+
+
+def _check_model_version(spec: ModelSpec, version: str):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    name = spec.registered_model_name
+    try:
+        return MlflowClient().get_model_version(name, str(version))
+    except MlflowException as exc:
+        raise PackageError(
+            f"model version {name!r} version {version!r} not found in the MLflow registry "
+            f"({MlflowClient().tracking_uri}): {exc.message if hasattr(exc, 'message') else exc}"
+        ) from None
+
+
+def _import_bento_model(spec: ModelSpec, version: str, run_id: str, data_hash: str, model_uri: str):
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    tag = f"{bento_model_name(spec.name)}:{bento_model_version(version, run_id)}"
+    try:
+        existing = bentoml.models.get(tag)
+    except NotFound:
+        existing = None
+    if existing is not None:
+        if existing.info.labels.get("run_id") == sanitize_label(run_id):
+            return existing
+        bentoml.models.delete(tag)  # same tag, different run: a stale import, replace it
+    try:
+        return bentoml.mlflow.import_model(
+            tag,
+            model_uri,
+            signatures={"predict": {"batchable": True, "batch_dim": 0}},
+            labels=_lineage_labels(spec, version, run_id, data_hash),
+            metadata={"model_uri": model_uri, "run_id": run_id, "data_hash": data_hash, "version": version},
+        )
+    except Exception as exc:
+        raise PackageError(f"could not import {model_uri} (run {run_id}) into BentoML: {exc}") from exc
+
+
+def build_bento(spec: ModelSpec, decision: GateDecision, settings: Settings) -> BentoRef:
+    """Import the challenger version from MLflow and build a bento serving it (idempotent)."""
+    configure_environment(settings)
+    import bentoml
+
+    if decision.model != spec.name:
+        raise PackageError(f"gate decision is for model {decision.model!r}, spec is {spec.name!r}")
+    version = str(decision.challenger.version)
+    data_hash = decision.snapshot.content_hash
+    model_uri = f"models:/{spec.registered_model_name}/{version}"
+
+    mv = _check_model_version(spec, version)
+    run_id = mv.run_id or decision.challenger.run_id
+    if decision.challenger.run_id and mv.run_id and decision.challenger.run_id != mv.run_id:
+        raise PackageError(
+            f"{model_uri} was logged by run {mv.run_id}, "
+            f"but the gate decision names run {decision.challenger.run_id}"
+        )
+
+    existing = find_bento(spec.name, version, run_id)
+    if existing is not None:
+        return _bento_ref(existing, data_hash)
+
+    bento_model = _import_bento_model(spec, version, run_id, data_hash, model_uri)
+    features = list(spec.data.features)
+    dtypes = _feature_dtypes(Path(bento_model.path_of("mlflow_model")), features, model_uri)
+    labels = _lineage_labels(spec, version, run_id, data_hash)
+    config = {
+        "service_name": bento_model_name(spec.name).replace("-", "_").replace(".", "_"),
+        "bento_model_tag": str(bento_model.tag),
+        "model": spec.name,
+        "version": version,
+        "run_id": run_id,
+        "data_hash": data_hash,
+        "task": str(spec.task),
+        "model_uri": model_uri,
+        "features": features,
+        "feature_dtypes": dtypes,
+        "labels": labels,
+        "built_at": datetime.now(UTC).isoformat(),
+    }
+    if not SERVICE_SOURCE.is_file():
+        raise PackageError(f"serving code not found: {SERVICE_SOURCE}")
+
+    with tempfile.TemporaryDirectory(prefix=f"bento-{spec.name}-") as tmp:
+        ctx = Path(tmp)
+        shutil.copy2(SERVICE_SOURCE, ctx / "service.py")
+        (ctx / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        description = (
+            f"# {spec.name} v{version}\n\n{spec.description}\n\n"
+            f"- MLflow: `{model_uri}` (run `{run_id}`)\n- data hash: `{data_hash}`\n- task: {spec.task}\n"
+        )
+        # bentoml imports the module named "service" from the build context: make sure a
+        # previously imported one (from an earlier build in this process) is not reused.
+        stashed = sys.modules.pop(SERVICE_MODULE, None)
+        try:
+            bento = bentoml.bentos.build(
+                SERVICE_IMPORT,
+                name=bento_model_name(spec.name),
+                labels=labels,
+                description=description,
+                include=["service.py", CONFIG_FILE],
+                python={"packages": runtime_requirements(), "lock_packages": False},
+                build_ctx=str(ctx),
+            )
+        except Exception as exc:
+            raise PackageError(f"bentoml build failed for {model_uri}: {exc}") from exc
+        finally:
+            sys.modules.pop(SERVICE_MODULE, None)
+            if stashed is not None:
+                sys.modules[SERVICE_MODULE] = stashed
+    return _bento_ref(bento, data_hash)
+
+
+def bento_exists(bento_tag: str, settings: Settings | None = None) -> bool:
+    """Whether ``bento_tag`` is in the local bento store."""
+    if settings is not None:
+        configure_environment(settings)
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        bentoml.bentos.get(bento_tag)
+    except NotFound:
+        return False
+    return True

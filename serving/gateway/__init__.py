@@ -1,0 +1,1 @@
+"""The ct-pipeline client gateway: a FastAPI app in front of the BentoML model server."""

@@ -1,0 +1,223 @@
+"""Gateway unit tests: schema generation from upstream metadata, 422s, 503s, swaps, metrics.
+
+The model server is faked with httpx.MockTransport (unit tests only; the integration test in
+test_rollout.py runs the real bentoml server behind the real gateway).
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from gateway.app import GatewaySettings, UpstreamMetadata, build_request_model, create_app
+
+FEATURES = ["amount", "n_tx", "age-days", "model_config"]
+DTYPES = {"amount": "double", "n_tx": "long", "age-days": "float", "model_config": "double"}
+
+
+def fake_model_server(version: str = "3", *, down: set[str] | None = None, calls: list | None = None):
+    """Handler for httpx.MockTransport: one fake model server per host (host 'down' refuses connections)."""
+    down = down if down is not None else set()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        host = request.url.host
+        if host in down:
+            raise httpx.ConnectError("connection refused", request=request)
+        ver = version if host == "model-a" else f"{version}-{host}"
+        if calls is not None:
+            calls.append((host, request.url.path))
+        if request.url.path == "/metadata":
+            return httpx.Response(
+                200,
+                json={
+                    "model": "fraud-detector",
+                    "version": ver,
+                    "run_id": "r" * 32,
+                    "data_hash": "sha256:abc",
+                    "task": "binary_classification",
+                    "features": FEATURES,
+                    "feature_dtypes": DTYPES,
+                },
+            )
+        if request.url.path == "/readyz":
+            return httpx.Response(200, text="ok")
+        if request.url.path == "/predict":
+            rows = json.loads(request.content)["rows"]
+            assert all(set(r) == set(FEATURES) for r in rows)
+            return httpx.Response(200, json=[0.25 + 0.5 * (r["amount"] > 0) for r in rows])
+        return httpx.Response(404)
+
+    return handler
+
+
+@pytest.fixture
+def down() -> set[str]:
+    return set()
+
+
+@pytest.fixture
+def client(down):
+    settings = GatewaySettings(upstream_url="http://model-a:3700", admin_token="s3cret", max_rows=5)
+    app = create_app(settings, transport=httpx.MockTransport(fake_model_server(down=down)))
+    with TestClient(app) as c:
+        yield c
+
+
+def row(**overrides):
+    base = {"amount": 1.5, "n_tx": 3, "age-days": 0.2, "model_config": 0.0}
+    base.update(overrides)
+    return base
+
+
+def test_schema_from_metadata():
+    meta = UpstreamMetadata(model="m", version=2, features=FEATURES, feature_dtypes=DTYPES)
+    model = build_request_model(meta, max_rows=10)
+    ok = model.model_validate({"rows": [row(n_tx=4.0)]})
+    assert ok.rows[0].model_dump(by_alias=True) == row(n_tx=4)
+    schema = model.model_json_schema()
+    row_schema = schema["$defs"]["Row"]
+    assert row_schema["required"] == FEATURES and row_schema["additionalProperties"] is False
+    assert schema["properties"]["rows"]["maxItems"] == 10 and schema["properties"]["rows"]["minItems"] == 1
+    assert meta.version == "2"
+
+
+def test_unknown_dtype_rejected():
+    with pytest.raises(ValueError, match="unsupported feature dtypes"):
+        build_request_model(
+            UpstreamMetadata(model="m", version="1", features=["a"], feature_dtypes={"a": "binary"}),
+            max_rows=1,
+        )
+
+
+def test_predict_ok(client):
+    resp = client.post("/predict", json={"rows": [row(), row(amount=-2)]})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body == {
+        "model": "fraud-detector",
+        "version": "3",
+        "run_id": "r" * 32,
+        "data_hash": "sha256:abc",
+        "predictions": [0.75, 0.25],
+    }
+    assert resp.headers["X-Model-Name"] == "fraud-detector" and resp.headers["X-Model-Version"] == "3"
+
+
+def _locs(resp) -> list[list]:
+    assert resp.status_code == 422, resp.text
+    return [e["loc"] for e in resp.json()["detail"]]
+
+
+def test_missing_feature_is_422_naming_it(client):
+    bad = row()
+    del bad["age-days"]
+    resp = client.post("/predict", json={"rows": [row(), bad]})
+    assert _locs(resp) == [["body", "rows", 1, "age-days"]]
+    assert resp.json()["detail"][0]["type"] == "missing"
+
+
+@pytest.mark.parametrize("value", ["1.5", True, None, [1.0], {"x": 1}])
+def test_wrong_type_is_422(client, value):
+    resp = client.post("/predict", json={"rows": [row(amount=value)]})
+    assert _locs(resp) == [["body", "rows", 0, "amount"]]
+
+
+def test_fractional_integer_is_422(client):
+    resp = client.post("/predict", json={"rows": [row(n_tx=2.5)]})
+    assert _locs(resp) == [["body", "rows", 0, "n_tx"]]
+    assert "whole number" in resp.json()["detail"][0]["msg"]
+
+
+def test_extra_field_is_422(client):
+    resp = client.post("/predict", json={"rows": [row(surprise=1.0)]})
+    assert _locs(resp) == [["body", "rows", 0, "surprise"]]
+    assert resp.json()["detail"][0]["type"] == "extra_forbidden"
+    resp = client.post("/predict", json={"rows": [row()], "debug": True})
+    assert _locs(resp) == [["body", "debug"]]
+
+
+def test_row_count_limits_are_422(client):
+    assert _locs(client.post("/predict", json={"rows": [row()] * 6})) == [["body", "rows"]]
+    assert _locs(client.post("/predict", json={"rows": []})) == [["body", "rows"]]
+    assert _locs(client.post("/predict", json={})) == [["body", "rows"]]
+
+
+def test_malformed_bodies_are_422(client):
+    resp = client.post("/predict", content=b"{not json", headers={"content-type": "application/json"})
+    assert _locs(resp) == [["body"]]
+    assert _locs(client.post("/predict", json=[row()])) == [["body"]]
+    assert _locs(client.post("/predict", json={"rows": "all"})) == [["body", "rows"]]
+
+
+def test_upstream_down_is_503(client, down):
+    down.add("model-a")
+    resp = client.post("/predict", json={"rows": [row()]})
+    assert resp.status_code == 503
+    assert resp.json()["error"] == "upstream_unavailable" and "model-a" in resp.json()["detail"]
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/healthz").status_code == 200
+
+
+def test_not_ready_until_metadata_loads(down):
+    down.add("model-a")
+    settings = GatewaySettings(upstream_url="http://model-a:3700", metadata_retry_interval=0.05)
+    app = create_app(settings, transport=httpx.MockTransport(fake_model_server(down=down)))
+    with TestClient(app) as c:
+        resp = c.get("/readyz")
+        assert resp.status_code == 503 and "cannot load model metadata" in resp.json()["detail"]
+        assert c.post("/predict", json={"rows": [row()]}).status_code == 503
+        # Client mistakes are still never 5xx-ed as something else: body is checked after readiness.
+        down.clear()
+        for _ in range(100):
+            if c.get("/readyz").status_code == 200:
+                break
+            import time
+
+            time.sleep(0.05)
+        assert c.get("/readyz").json()["version"] == "3"
+        assert c.post("/predict", json={"rows": [row()]}).status_code == 200
+
+
+def test_admin_swap(client, down):
+    assert client.put("/admin/upstream", json={"url": "http://model-b:3701"}).status_code == 401
+    bad_auth = {"Authorization": "Bearer nope"}
+    assert (
+        client.put("/admin/upstream", json={"url": "http://model-b:3701"}, headers=bad_auth).status_code
+        == 401
+    )
+    auth = {"Authorization": "Bearer s3cret"}
+    assert client.put("/admin/upstream", json={"url": "ftp://x"}, headers=auth).status_code == 422
+
+    down.add("model-c")  # an unusable new upstream leaves the current one in place
+    resp = client.put("/admin/upstream", json={"url": "http://model-c:3702"}, headers=auth)
+    assert resp.status_code == 502 and resp.json()["error"] == "upstream_unusable"
+    assert client.post("/predict", json={"rows": [row()]}).json()["version"] == "3"
+
+    resp = client.put("/admin/upstream", json={"url": "http://model-b:3701"}, headers=auth)
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {
+        "upstream": "http://model-b:3701",
+        "model": "fraud-detector",
+        "version": "3-model-b",
+        "previous": {"upstream": "http://model-a:3700", "version": "3"},
+        "drained": True,
+    }
+    resp = client.post("/predict", json={"rows": [row()]})
+    assert resp.json()["version"] == "3-model-b" and resp.headers["X-Model-Version"] == "3-model-b"
+    assert client.get("/metadata").json()["upstream"] == "http://model-b:3701"
+
+
+def test_metrics_and_openapi(client):
+    client.post("/predict", json={"rows": [row()]})
+    client.post("/predict", json={"rows": []})
+    text = client.get("/metrics").text
+    assert 'ct_gateway_requests_total{endpoint="/predict",method="POST",status="200"} 1.0' in text
+    assert 'ct_gateway_requests_total{endpoint="/predict",method="POST",status="422"} 1.0' in text
+    assert "ct_gateway_request_duration_seconds_bucket" in text
+    assert 'ct_gateway_model_info{model="fraud-detector",run_id="' + "r" * 32 in text
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert body["properties"]["rows"]["maxItems"] == 5
+    assert spec["components"]["schemas"]["Row"]["required"] == FEATURES
