@@ -97,7 +97,9 @@ class LightGBMCandidate(Strict):
 class SklearnCandidate(Strict):
     name: str = Field(pattern=r"^[a-z0-9_-]+$")
     kind: Literal["sklearn"]
-    estimator: str = Field(pattern=r"^sklearn\.[\w.]+\.\w+$", description="e.g. sklearn.linear_model.LogisticRegression")
+    estimator: str = Field(
+        pattern=r"^sklearn\.[\w.]+\.\w+$", description="e.g. sklearn.linear_model.LogisticRegression"
+    )
     params: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -158,7 +160,9 @@ class ModelSpec(Strict):
             raise ValueError(f"candidate names must be unique, got {names}")
         allowed = _METRICS[self.task]
         if self.metric.name not in allowed:
-            raise ValueError(f"metric.name {self.metric.name!r} is not available for task {self.task}: {sorted(allowed)}")
+            raise ValueError(
+                f"metric.name {self.metric.name!r} is not available for task {self.task}: {sorted(allowed)}"
+            )
         return self
 
     @property

@@ -1,0 +1,126 @@
+"""The loop, one plain function per step; the Airflow tasks, the CLI and the tests call these same functions.
+
+pull -> train -> gate -> package -> promote, preceded by ``sync`` (the registry follows Git).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+
+from ct_pipeline.records import (
+    BentoRef,
+    GateDecision,
+    PromotionRecord,
+    StepOutcome,
+    TrainResult,
+    WindowSnapshot,
+)
+from ct_pipeline.settings import Settings, configure_environment
+from ct_pipeline.spec import ModelSpec
+
+STEPS = ("sync", "pull", "train", "gate", "package", "promote")
+
+
+def publisher_for(spec: ModelSpec, settings: Settings):
+    from ct_pipeline.gitops import LocalGitPublisher
+
+    remote = spec.gitops.remote or settings.gitops_remote_url
+    return LocalGitPublisher(remote, base_branch=spec.gitops.base_branch)
+
+
+def registry_for(settings: Settings):
+    from ct_pipeline.registry import MlflowRegistry
+
+    configure_environment(settings)
+    return MlflowRegistry(settings.tracking_uri)
+
+
+def step_sync(spec: ModelSpec, settings: Settings) -> str:
+    """Make MLflow's champion alias match what the GitOps base branch deploys."""
+    from ct_pipeline.gitops import deployed_model
+    from ct_pipeline.registry import sync_champion
+
+    return sync_champion(
+        registry_for(settings), spec.registered_model_name, deployed_model(publisher_for(spec, settings), spec)
+    )
+
+
+def step_pull(spec: ModelSpec, settings: Settings, end: datetime, window: str | None = None) -> WindowSnapshot:
+    from ct_pipeline.data_window import pull_window
+
+    return pull_window(spec, end, settings, window=window)
+
+
+def step_train(spec: ModelSpec, settings: Settings, snapshot: WindowSnapshot) -> TrainResult:
+    from ct_pipeline.train import train_candidates
+
+    configure_environment(settings)
+    return train_candidates(spec, snapshot, settings)
+
+
+def step_gate(
+    spec: ModelSpec,
+    settings: Settings,
+    trained: TrainResult,
+    force: bool = False,
+    force_reason: str | None = None,
+    forced_by: str | None = None,
+) -> GateDecision:
+    from ct_pipeline.gate import evaluate, record_decision
+
+    registry = registry_for(settings)
+    decision = evaluate(spec, trained, registry, force=force, force_reason=force_reason, forced_by=forced_by)
+    record_decision(spec, decision, registry, settings.tracking_uri)
+    return decision
+
+
+def step_package(spec: ModelSpec, settings: Settings, decision: GateDecision) -> BentoRef:
+    from ct_pipeline.package import build_bento
+
+    configure_environment(settings)
+    return build_bento(spec, decision, settings)
+
+
+def step_promote(spec: ModelSpec, settings: Settings, decision: GateDecision, bento: BentoRef) -> PromotionRecord:
+    from ct_pipeline.promote import promote
+
+    return promote(spec, decision, bento, settings, publisher=publisher_for(spec, settings))
+
+
+def run_pipeline(
+    spec: ModelSpec,
+    settings: Settings,
+    end: datetime,
+    window: str | None = None,
+    force: bool = False,
+    force_reason: str | None = None,
+    forced_by: str | None = None,
+    on_step: Callable[[str, str], None] | None = None,
+) -> StepOutcome:
+    """The whole loop for one model; ``on_step(step, message)`` reports progress (the CLI draws it)."""
+    report = on_step or (lambda step, message: None)
+    configure_environment(settings)
+    report("sync", step_sync(spec, settings))
+    snapshot = step_pull(spec, settings, end, window)
+    report(
+        "pull",
+        f"{snapshot.rows} rows in [{snapshot.start:%Y-%m-%d %H:%M}, {snapshot.end:%Y-%m-%d %H:%M}) "
+        f"{snapshot.content_hash[:19]}",
+    )
+    trained = step_train(spec, settings, snapshot)
+    report(
+        "train",
+        ", ".join(f"{c.name} v{c.version} {spec.metric.name}={c.primary_metric:.4f}" for c in trained.candidates),
+    )
+    decision = step_gate(spec, settings, trained, force=force, force_reason=force_reason, forced_by=forced_by)
+    report("gate", ("PROMOTE: " if decision.promote else "NOT PROMOTED: ") + decision.reason)
+    if not decision.promote:
+        return StepOutcome(model=spec.name, status="not_promoted", reason=decision.reason, decision=decision)
+    bento = step_package(spec, settings, decision)
+    report("package", f"bento {bento.bento_tag}")
+    promotion = step_promote(spec, settings, decision, bento)
+    report("promote", f"branch {promotion.branch}: {promotion.title}")
+    return StepOutcome(
+        model=spec.name, status="promoted", reason=decision.reason, decision=decision, bento=bento, promotion=promotion
+    )
