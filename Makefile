@@ -1,0 +1,45 @@
+# ct-pipeline: `make demo` runs the whole loop on this machine; `make test` runs the test suite.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export CTPIPE_HOME ?= $(CURDIR)/.ctpipe
+export AIRFLOW_HOME ?= $(CTPIPE_HOME)/airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+
+.PHONY: help venv demo test test-unit lint stop clean
+
+help:
+	@echo "make demo   - set up and run the whole continuous-training loop locally"
+	@echo "make test   - set up and run the tests"
+	@echo "make stop   - stop the local serving stack started by the demo"
+	@echo "make lint   - ruff"
+	@echo "make clean  - remove local state (.ctpipe) and the venv"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	@test -x $(BIN)/python || uv venv --quiet --python $(PYTHON) $(VENV)
+	uv pip install --quiet --python $(BIN)/python -e '.[dev]'
+	@touch $(STAMP)
+
+demo: venv
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
+
+stop: venv
+	$(BIN)/ctpipe stop
+
+test: venv
+	$(BIN)/pytest -q -p no:cacheprovider --durations=15
+
+test-unit: venv
+	$(BIN)/pytest -q -m "not integration"
+
+lint: venv
+	$(BIN)/ruff check ct_pipeline dags serving tests
+
+clean: stop
+	rm -rf $(CTPIPE_HOME) $(VENV)
