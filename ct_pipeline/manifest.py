@@ -230,6 +230,8 @@ def _splice(text: str, data: Any, changes: dict[tuple[str, str], str]) -> str:
             start = match.end(1)
             edits.append((key_line, start, start, " " + _yaml_scalar(value, '"')))
             continue
+        if isinstance(block[key], str) and str(block[key]) == value:
+            continue  # unchanged: leave the line exactly as it is
         line_no, col = block.lc.value(key)
         if line_no != key_line or isinstance(block[key], (dict, list)):
             raise _NeedsRoundTrip
