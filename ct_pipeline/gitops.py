@@ -239,14 +239,17 @@ _GIT_CONFIG = (
 
 
 class _Repo:
-    """A temporary clone of the remote (``origin``) plus helpers to run git in it."""
+    """A temporary bare clone of the remote (``origin``; its branches are the clone's ``refs/heads``) with
+    a separate work tree for the operations that need one (checkout, merge, revert)."""
 
-    def __init__(self, path: Path, publisher: LocalGitPublisher):
-        self.path = path
+    def __init__(self, git_dir: Path, work_tree: Path, publisher: LocalGitPublisher):
+        self.git_dir = git_dir
+        self.path = work_tree
         self.pub = publisher
 
     def run(self, *args: str, input: bytes | None = None, check: bool = True) -> subprocess.CompletedProcess:
-        return self.pub._git(*args, cwd=self.path, input=input, check=check)
+        where = (f"--git-dir={self.git_dir}", f"--work-tree={self.path}")
+        return self.pub._git(*where, *args, cwd=self.path, input=input, check=check)
 
     def out(self, *args: str) -> str:
         return self.run(*args).stdout.decode().strip()
@@ -256,7 +259,7 @@ class _Repo:
         return res.stdout.decode().strip() if res.returncode == 0 else None
 
     def remote_ref(self, branch: str) -> str:
-        return f"refs/remotes/origin/{branch}"
+        return f"refs/heads/{branch}"
 
     def branch_tip(self, branch: str) -> str | None:
         return self.rev(self.remote_ref(branch))
@@ -309,6 +312,11 @@ def _tail(data: bytes, lines: int = 6) -> str:
     return " | ".join(text.splitlines()[-lines:])
 
 
+def _command(args: Sequence[str]) -> str:
+    """The git subcommand and its first arguments, without the --git-dir/--work-tree options."""
+    return " ".join([a for a in args if not a.startswith(("--git-dir=", "--work-tree="))][:3])
+
+
 def _valid_repo_path(path: str) -> str:
     p = PurePosixPath(path)
     if not path or p.is_absolute() or ".." in p.parts or p.parts[0] == ".git" or "\\" in path:
@@ -345,9 +353,7 @@ class LocalGitPublisher:
         self.author_name = author_name
         self.author_email = author_email
         if shutil.which("git") is None:
-            raise GitOpsError(
-                "the git command-line tool is required for the GitOps publisher (apt-get install git)"
-            )
+            raise GitOpsError("the git command-line tool is required for the GitOps publisher (apt-get install git)")
 
     def __repr__(self) -> str:
         return f"LocalGitPublisher({self.remote_url!r}, base_branch={self.base_branch!r})"
@@ -376,24 +382,26 @@ class LocalGitPublisher:
                 cmd, cwd=cwd, input=input, capture_output=True, env=env, timeout=_GIT_TIMEOUT, check=False
             )
         except subprocess.TimeoutExpired:
-            raise GitOpsError(f"git {args[0]} timed out after {_GIT_TIMEOUT}s ({self.remote_url})") from None
+            raise GitOpsError(f"git {_command(args)} timed out after {_GIT_TIMEOUT}s ({self.remote_url})") from None
         if check and res.returncode != 0:
-            raise GitOpsError(f"git {' '.join(args[:3])} failed: {_tail(res.stderr) or _tail(res.stdout)}")
+            raise GitOpsError(f"git {_command(args)} failed: {_tail(res.stderr) or _tail(res.stdout)}")
         return res
 
     @contextmanager
     def _clone(self) -> Iterator[_Repo]:
         tmp = Path(tempfile.mkdtemp(prefix="ctpipe-gitops-"))
         try:
-            res = self._git(
-                "clone", "--quiet", "--no-checkout", "--", self.remote_url, str(tmp / "repo"), check=False
-            )
+            # --shared: a local remote's objects are borrowed, not copied (the clone lives for one operation)
+            shared = ("--shared",) if _is_local(self.remote_url) else ()
+            clone = ("clone", "--quiet", "--bare", *shared, "--", self.remote_url, str(tmp / "repo.git"))
+            res = self._git(*clone, check=False)
             if res.returncode != 0:
                 raise RemoteError(
                     f"cannot read GitOps remote {self.remote_url!r}: {_tail(res.stderr, 2)} "
                     "(is it initialized? see `ctpipe gitops init`, CTPIPE_GITOPS_REMOTE, spec gitops.remote)"
                 )
-            yield _Repo(tmp / "repo", self)
+            (tmp / "work").mkdir()
+            yield _Repo(tmp / "repo.git", tmp / "work", self)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
@@ -448,12 +456,12 @@ class LocalGitPublisher:
     def list_promotions(self, model: str | None = None) -> list[PromotionRecord]:
         with self._clone() as repo:
             base = repo.base_tip()
-            prefix = f"refs/remotes/origin/{BRANCH_PREFIX}" + (model or "")
+            prefix = repo.remote_ref(BRANCH_PREFIX) + (model or "")
             prefix = prefix.rstrip("/")  # for-each-ref matches a prefix up to a slash
             refs = repo.out("for-each-ref", "--format=%(refname)", prefix).splitlines()
             records = []
             for ref in refs:
-                pid = ref[len("refs/remotes/origin/" + BRANCH_PREFIX) :]
+                pid = ref[len(repo.remote_ref(BRANCH_PREFIX)) :]
                 try:
                     parse_promotion_id(pid)
                 except ValueError:
@@ -468,9 +476,7 @@ class LocalGitPublisher:
     def open_promotion(self, record: PromotionRecord, files: Mapping[str, bytes]) -> PromotionRecord:
         model, version = parse_promotion_id(record.id)
         if (record.model, record.version) != (model, version):
-            raise GitOpsError(
-                f"promotion id {record.id!r} does not match model {record.model!r} v{record.version}"
-            )
+            raise GitOpsError(f"promotion id {record.id!r} does not match model {record.model!r} v{record.version}")
         branch = promotion_branch(record.id)
         if record.branch != branch:
             raise GitOpsError(f"promotion {record.id} must use branch {branch!r}, not {record.branch!r}")
@@ -481,9 +487,7 @@ class LocalGitPublisher:
             )
         paths = {_valid_repo_path(p): data for p, data in files.items()}
         if record_path(record.id) not in paths:
-            record = record.model_copy(
-                update={"files": sorted({*paths, record_path(record.id), body_path(record.id)})}
-            )
+            record = record.model_copy(update={"files": sorted({*paths, record_path(record.id), body_path(record.id)})})
             paths.update(promotion_files(record))
         record = record.model_copy(update={"files": sorted(paths)})
 
@@ -542,9 +546,7 @@ class LocalGitPublisher:
             doc["promotion"]["status"] = "closed"
             repo.checkout(tip)
             repo.write_files({record_path(promotion_id): (json.dumps(doc, indent=2) + "\n").encode()})
-            new_tip = repo.commit(
-                f"Close promotion {promotion_id}\n\n" + _trailers(promotion_id=promotion_id) + "\n"
-            )
+            new_tip = repo.commit(f"Close promotion {promotion_id}\n\n" + _trailers(promotion_id=promotion_id) + "\n")
             repo.push(f"{new_tip}:refs/heads/{branch}", f"--force-with-lease=refs/heads/{branch}:{tip}")
         return current.model_copy(update={"commit": new_tip, "status": "closed"})
 
@@ -560,9 +562,7 @@ class LocalGitPublisher:
             if record.status == "merged":
                 raise GitOpsError(f"promotion {promotion_id} is already merged into {self.base_branch}")
             if record.status == "closed":
-                raise GitOpsError(
-                    f"promotion {promotion_id} is closed; re-open it (promote again) to merge it"
-                )
+                raise GitOpsError(f"promotion {promotion_id} is closed; re-open it (promote again) to merge it")
             repo.checkout(base)
             message = (
                 f"Merge promotion {promotion_id}: {record.title}\n\n"
@@ -575,7 +575,7 @@ class LocalGitPublisher:
                 )
                 + "\n"
             )
-            msg_file = repo.path / ".git" / "CTPIPE_MERGE_MSG"
+            msg_file = repo.git_dir / "CTPIPE_MERGE_MSG"
             msg_file.write_text(message)
             res = repo.run(
                 "merge",
@@ -597,9 +597,7 @@ class LocalGitPublisher:
                         f"proposed against an older {self.base_branch}: promote again to rebuild it, "
                         "or close it."
                     )
-                raise GitOpsError(
-                    f"merging promotion {promotion_id} failed: {_tail(res.stderr) or _tail(res.stdout)}"
-                )
+                raise GitOpsError(f"merging promotion {promotion_id} failed: {_tail(res.stderr) or _tail(res.stdout)}")
             merge = repo.out("rev-parse", "HEAD")
             repo.push(f"{merge}:refs/heads/{self.base_branch}")
         return merge
@@ -698,10 +696,7 @@ class LocalGitPublisher:
             candidates = [
                 e
                 for e in self._scan(repo, base)
-                if e.kind == "promote"
-                and e.model == model
-                and e.environment == environment
-                and not e.reverted_by
+                if e.kind == "promote" and e.model == model and e.environment == environment and not e.reverted_by
             ]
             if not candidates:
                 raise NothingToRevertError(
@@ -778,12 +773,7 @@ def _seed_files(seed_dir: Path) -> dict[str, bytes]:
     files = {}
     for path in sorted(seed_dir.rglob("*")):
         rel = path.relative_to(seed_dir)
-        if (
-            path.is_file()
-            and "__pycache__" not in rel.parts
-            and rel.name != ".DS_Store"
-            and ".git" not in rel.parts
-        ):
+        if path.is_file() and "__pycache__" not in rel.parts and rel.name != ".DS_Store" and ".git" not in rel.parts:
             files[rel.as_posix()] = path.read_bytes()
     return files
 
@@ -803,9 +793,7 @@ def init_local_remote(
     ours: list[ModelSpec] = []
     for spec in specs:
         if resolve_remote(settings, spec)[0] != remote:
-            log.warning(
-                "spec %s uses another GitOps remote (%s); not initialized here", spec.name, spec.gitops.remote
-            )
+            log.warning("spec %s uses another GitOps remote (%s); not initialized here", spec.name, spec.gitops.remote)
         else:
             ours.append(spec)
     paths = [s.manifest_path for s in ours]
@@ -837,9 +825,7 @@ def init_local_remote(
                 files = {"README.md": b"# GitOps repository\n"}
             repo.write_files({_valid_repo_path(p): d for p, d in files.items()})
             names = ", ".join(f"{s.name} ({s.gitops.environment})" for s in ours) or "no models yet"
-            sha = repo.commit(
-                f"Initialize GitOps repository\n\nSeed layout and initial values for {names}.\n"
-            )
+            sha = repo.commit(f"Initialize GitOps repository\n\nSeed layout and initial values for {names}.\n")
             repo.push(f"{sha}:refs/heads/{base}")
             return remote
         repo.checkout(tip)
