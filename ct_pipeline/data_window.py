@@ -98,6 +98,17 @@ def _read_sql(source: SqlSource, spec: ModelSpec, start: datetime, end: datetime
     return df[_required_columns(spec)], engine.url.render_as_string(hide_password=True)
 
 
+def _canonical_types(df: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
+    """One representation whatever the source stored (int32 vs int64, ns vs us): the hash is about values."""
+    df = df.copy()
+    df[spec.data.time_column] = df[spec.data.time_column].astype("datetime64[us, UTC]")
+    df[spec.data.features] = df[spec.data.features].astype("float64")
+    target = df[spec.data.target]
+    if pd.api.types.is_bool_dtype(target) or pd.api.types.is_integer_dtype(target):
+        df[spec.data.target] = target.astype("int64")
+    return df
+
+
 def content_hash(df: pd.DataFrame) -> str:
     """Order-independent of the source's file layout: hash of the rows after a canonical sort."""
     canonical = df.sort_values(list(df.columns), kind="mergesort").reset_index(drop=True)
@@ -129,6 +140,7 @@ def pull_window(spec: ModelSpec, end: datetime, settings: Settings, window: str 
     for column in spec.data.features:
         if not pd.api.types.is_numeric_dtype(df[column]) and not pd.api.types.is_bool_dtype(df[column]):
             raise DataWindowError(f"{spec.name}: feature {column!r} is {df[column].dtype}, expected numeric")
+    df = _canonical_types(df, spec)
     digest = content_hash(df)
     out_dir = settings.snapshots_dir / spec.name
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ TIME_COLUMN = "event_time"
 def _day_frame(day: date, rows: int, drifted: bool, rng: np.random.Generator) -> pd.DataFrame:
     seconds = np.sort(rng.integers(0, 86_400, rows))
     times = pd.Timestamp(day, tz="UTC") + pd.to_timedelta(seconds, unit="s")
-    hour = times.hour.to_numpy()
+    hour = times.hour.to_numpy().astype("int64")
     is_weekend = np.full(rows, int(day.weekday() >= 5))
     amount = np.round(rng.lognormal(mean=3.4, sigma=1.0, size=rows), 2)
     merchant_risk = rng.beta(2, 8, rows)

@@ -1,7 +1,7 @@
 """Step 3: champion vs challenger on the same recent holdout rows, decided on evidence.
 
 The challenger is the best candidate. The champion (alias ``champion``) is loaded from the registry, which
-also proves its artifacts still exist. A seeded paired Poisson bootstrap over the holdout rows gives the
+also proves its artifacts still exist. A seeded paired bootstrap over the holdout rows gives the
 metric delta and its confidence interval; the decision is a typed record stored on the challenger's run.
 """
 
@@ -19,6 +19,12 @@ from ct_pipeline.spec import GateSpec, ModelSpec
 BOOTSTRAP_CHUNK = 50  # resamples per vectorised block: bounds memory at 50 x rows floats
 
 
+def resample_counts(rng: np.random.Generator, resamples: int, rows: int) -> np.ndarray:
+    """How often each row is drawn in each resample (classic bootstrap: ``rows`` draws with replacement)."""
+    draws = rng.integers(0, rows, size=(resamples, rows)) + (np.arange(resamples) * rows)[:, None]
+    return np.bincount(draws.ravel(), minlength=resamples * rows).reshape(resamples, rows).astype(np.float32)
+
+
 def paired_bootstrap(
     metric_name: str,
     y: np.ndarray,
@@ -31,13 +37,13 @@ def paired_bootstrap(
 ) -> tuple[float, float, float]:
     """Delta = improvement of challenger over champion (positive is better) and its percentile CI.
 
-    Both models are scored on the same resampled rows (Poisson weights), so the noise they share cancels.
+    Both models are scored on the same resampled rows, so the noise they share cancels.
     """
     rng = np.random.default_rng(seed)
     sign = 1.0 if maximize else -1.0
     deltas = []
     for start in range(0, resamples, BOOTSTRAP_CHUNK):
-        weights = rng.poisson(1.0, size=(min(BOOTSTRAP_CHUNK, resamples - start), len(y))).astype(np.float32)
+        weights = resample_counts(rng, min(BOOTSTRAP_CHUNK, resamples - start), len(y))
         chal = weighted_metric(metric_name, y, challenger, weights)
         champ = weighted_metric(metric_name, y, champion, weights)
         deltas.append(sign * (chal - champ))

@@ -14,7 +14,7 @@ def scores_from_prediction(prediction) -> np.ndarray:
 
 
 def weighted_metric(name: str, y: np.ndarray, s: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Metric for each row of weights ``w`` (shape (B, n)) — the Poisson bootstrap's resamples.
+    """Metric for each row of weights ``w`` (shape (B, n)) — the bootstrap's resamples (row counts).
 
     One sort serves every resample, so 1,000 resamples of 100k rows cost a few seconds.
     """
@@ -22,18 +22,20 @@ def weighted_metric(name: str, y: np.ndarray, s: np.ndarray, w: np.ndarray) -> n
     s = np.asarray(s, dtype=float)
     w = np.atleast_2d(np.asarray(w, dtype=float))
     if name == "roc_auc":
+        # Weighted Mann-Whitney: each positive counts the negative weight below it, half the tied weight.
         order = np.argsort(s, kind="mergesort")
-        s_sorted, y_sorted, w_sorted = s[order], y[order], w[:, order]
-        # For ties: each row's block of equal scores [lo, hi].
-        lo = np.searchsorted(s_sorted, s_sorted, side="left")
-        hi = np.searchsorted(s_sorted, s_sorted, side="right")
-        neg_w = w_sorted * (1 - y_sorted)
-        pos_w = w_sorted * y_sorted
-        cum_neg = np.concatenate([np.zeros((w.shape[0], 1)), np.cumsum(neg_w, axis=1)], axis=1)
-        below = cum_neg[:, lo]
-        equal = cum_neg[:, hi] - below
+        s_sorted, positive = s[order], y[order].astype(bool)
+        w_sorted = w[:, order]
+        neg_w = np.where(positive, 0.0, w_sorted)
+        cum_neg = np.cumsum(neg_w, axis=1, dtype=np.float64)
+        pos_idx = np.flatnonzero(positive)  # positives are usually the rare class: gather only them
+        lo = np.searchsorted(s_sorted, s_sorted[pos_idx], side="left")
+        hi = np.searchsorted(s_sorted, s_sorted[pos_idx], side="right")
+        below = np.where(lo > 0, cum_neg[:, np.maximum(lo - 1, 0)], 0.0)
+        equal = cum_neg[:, hi - 1] - below
+        pos_w = w_sorted[:, pos_idx]
         numer = (pos_w * (below + 0.5 * equal)).sum(axis=1)
-        denom = pos_w.sum(axis=1) * neg_w.sum(axis=1)
+        denom = pos_w.sum(axis=1) * cum_neg[:, -1]
         with np.errstate(invalid="ignore", divide="ignore"):
             return numer / denom
     if name == "average_precision":
