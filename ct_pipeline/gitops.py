@@ -393,7 +393,7 @@ class LocalGitPublisher:
         try:
             # --shared: a local remote's objects are borrowed, not copied (the clone lives for one operation)
             shared = ("--shared",) if _is_local(self.remote_url) else ()
-            clone = ("clone", "--quiet", "--bare", *shared, "--", self.remote_url, str(tmp / "repo.git"))
+            clone = ("clone", "--quiet", "--bare", "--template=", *shared, "--", self.remote_url, str(tmp / "repo.git"))
             res = self._git(*clone, check=False)
             if res.returncode != 0:
                 raise RemoteError(

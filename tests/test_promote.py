@@ -1,0 +1,201 @@
+"""promote(): a gate-approved Bento becomes a promotion branch with a readable record."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from datetime import UTC, datetime
+
+import pytest
+
+from ct_pipeline.gitops import LocalGitPublisher, body_path, deployed_model, init_local_remote, record_path
+from ct_pipeline.promote import AlreadyDeployedError, PromotionError, PromotionRefusedError, promote, render_body
+from ct_pipeline.records import BentoRef, GateCheck, GateDecision, ModelRef, WindowSnapshot
+from ct_pipeline.spec import parse_spec
+
+pytestmark = pytest.mark.integration  # real git
+
+
+@pytest.fixture
+def spec():
+    return parse_spec(
+        {
+            "name": "fraud-detector",
+            "data": {
+                "source": {"kind": "parquet", "path": "data/fraud"},
+                "time_column": "ts",
+                "target": "is_fraud",
+                "features": ["amount", "hour"],
+            },
+            "candidates": [{"name": "lgbm", "kind": "lightgbm"}],
+            "metric": {"name": "roc_auc"},
+            "gitops": {"environment": "staging"},
+        }
+    )
+
+
+def make_decision(version: str = "3", champion: str | None = "2", promote_it: bool = True, **extra) -> GateDecision:
+    snapshot = WindowSnapshot(
+        model="fraud-detector",
+        source="parquet:data/fraud",
+        start=datetime(2026, 10, 1, tzinfo=UTC),
+        end=datetime(2026, 10, 31, tzinfo=UTC),
+        rows=48_213,
+        content_hash="sha256:" + "ab" * 32,
+        path="/tmp/snap.parquet",
+        time_column="ts",
+        target="is_fraud",
+        features=["amount", "hour"],
+    )
+    fields = dict(
+        model="fraud-detector",
+        promote=promote_it,
+        reason="roc_auc improves by +0.0178 (95% CI +0.0051 … +0.0302), above the 0.0 minimum"
+        if promote_it
+        else "no significant improvement",
+        challenger=ModelRef(version=version, run_id=f"run-{version}", metric=0.8301),
+        champion=ModelRef(version=champion, run_id=f"run-{champion}", metric=0.8123) if champion else None,
+        metric="roc_auc",
+        direction="maximize",
+        delta=0.0178,
+        ci_low=0.0051,
+        ci_high=0.0302,
+        checks=[
+            GateCheck(name="superiority", passed=True, detail="CI low +0.0051 > 0.0"),
+            GateCheck(name="schema", passed=True, detail="same 2 features"),
+            GateCheck(name="latency", passed=True, detail="p99 | 4 ms", judged=False),
+        ],
+        decided_at=datetime(2026, 11, 1, tzinfo=UTC),
+        snapshot=snapshot,
+    )
+    fields.update(extra)
+    return GateDecision(**fields)
+
+
+def make_bento(version: str = "3", image: bool = True) -> BentoRef:
+    return BentoRef(
+        model="fraud-detector",
+        version=version,
+        run_id=f"run-{version}",
+        bento_tag=f"fraud_detector_service:b{version}",
+        bento_model_tag=f"fraud-detector:m{version}",
+        data_hash="sha256:" + "ab" * 32,
+        image_repository="127.0.0.1:5000/fraud-detector" if image else None,
+        image_tag=f"b{version}" if image else None,
+        image_digest="sha256:" + "cd" * 32 if image else None,
+    )
+
+
+@pytest.fixture
+def publisher(settings, spec) -> LocalGitPublisher:
+    init_local_remote(settings, [spec])
+    return LocalGitPublisher.from_settings(settings, spec)
+
+
+def show(settings, rev_path: str) -> str:
+    return subprocess.run(
+        ["git", "--git-dir", settings.gitops_remote_url, "show", rev_path], capture_output=True, text=True, check=True
+    ).stdout
+
+
+def test_promote_opens_a_branch_with_manifest_record_and_body(settings, spec, publisher):
+    decision, bento = make_decision("3", champion=None), make_bento("3")
+    record = promote(spec, decision, bento, settings)  # default publisher from settings
+
+    assert record.id == "fraud-detector/v3" and record.branch == "promote/fraud-detector/v3"
+    assert record.title == "Promote fraud-detector v3 to staging"
+    assert record.status == "open" and record.environment == "staging" and record.base_branch == "main"
+    assert record.manifest_path == "apps/staging/fraud-detector/values.yaml"
+    assert record.files == sorted([record.manifest_path, record_path(record.id), body_path(record.id)])
+
+    values = show(settings, f"{record.branch}:{record.manifest_path}")
+    assert 'version: "3"' in values and "fraud_detector_service:b3" in values and "sha256:" + "cd" * 32 in values
+    doc = json.loads(show(settings, f"{record.branch}:{record_path(record.id)}"))
+    assert doc["decision"]["challenger"]["version"] == "3"
+    assert doc["bento"]["bento_tag"] == "fraud_detector_service:b3"
+    assert doc["deployed_before"] is None
+    assert show(settings, f"{record.branch}:{body_path(record.id)}") == record.body
+
+    body = record.body
+    assert body.startswith("**Promote `fraud-detector` v3 to staging.** roc_auc improves by +0.0178")
+    assert "| `roc_auc` (↑ higher is better) | — | 0.8301 | +0.0178 (95% CI +0.0051 … +0.0302) |" in body
+    assert "| superiority | ✅ pass | CI low +0.0051 > 0.0 |" in body
+    assert "| latency | ➖ info | p99 \\| 4 ms |" in body
+    assert "2026-10-01 00:00+00:00 → 2026-10-31 00:00+00:00, 48,213 rows" in body
+    assert "content hash `sha256:" + "ab" * 32 + "`" in body
+    assert "run `run-3`" in body and "`fraud_detector_service:b3`" in body
+    assert "- Image: `127.0.0.1:5000/fraud-detector:b3@sha256:" in body
+    assert "Deployed in staging now: nothing (main @ `" in body
+    assert "`model.version` '' → '3'" in body
+    assert len(body.splitlines()) < 40  # readable in a minute
+
+
+def test_promote_update_merge_and_next_promotion(settings, spec, publisher):
+    promote(spec, make_decision("3", champion=None), make_bento("3"), settings, publisher)
+    again = promote(spec, make_decision("3", champion=None), make_bento("3"), settings, publisher)
+    assert [p.id for p in publisher.list_promotions()] == ["fraud-detector/v3"]  # same branch, updated
+    assert again.commit == publisher.head(again.branch)
+
+    publisher.merge_promotion("fraud-detector/v3")
+    assert deployed_model(publisher, spec).version == "3"
+    with pytest.raises(AlreadyDeployedError, match="already deployed"):
+        promote(spec, make_decision("3", champion=None), make_bento("3"), settings, publisher)
+
+    record = promote(spec, make_decision("4", champion="3"), make_bento("4", image=False), settings, publisher)
+    assert "Deployed in staging now: v3 (main @" in record.body
+    assert "note:" not in record.body  # the gate's champion is what is deployed
+    assert "- Image:" not in record.body
+    doc = json.loads(publisher.read_file(record_path(record.id), ref=record.branch))
+    assert doc["deployed_before"]["version"] == "3"
+    publisher.merge_promotion(record.id)
+    deployed = deployed_model(publisher, spec)
+    assert deployed.version == "4"
+    assert deployed.image_tag == "b3"  # no image in this Bento: image.* left alone
+
+    publisher.revert_last_promotion("fraud-detector", "staging")
+    assert deployed_model(publisher, spec).version == "3"
+
+
+def test_promote_notes_when_the_gate_champion_is_not_what_is_deployed(settings, spec, publisher):
+    record = promote(spec, make_decision("3", champion="2"), make_bento("3"), settings, publisher)
+    assert "note: the gate compared against v2, which is not what is deployed" in record.body
+
+
+def test_promote_refuses_when_the_gate_says_no(settings, spec, publisher):
+    with pytest.raises(PromotionRefusedError, match="not to promote fraud-detector v3: no significant"):
+        promote(spec, make_decision("3", promote_it=False), make_bento("3"), settings, publisher)
+    assert publisher.list_promotions() == []
+
+
+def test_promote_refuses_a_bento_that_is_not_the_approved_model(settings, spec, publisher):
+    with pytest.raises(PromotionError, match="Bento holds v4 but the gate approved v3"):
+        promote(spec, make_decision("3"), make_bento("4"), settings, publisher)
+    assert publisher.list_promotions() == []
+
+
+def test_forced_promotion_says_so(settings, spec, publisher):
+    decision = make_decision("3", forced=True, forced_by="alice", force_reason="hotfix for drift")
+    record = promote(spec, decision, make_bento("3"), settings, publisher)
+    assert "> **Forced** by alice: hotfix for drift" in record.body
+
+
+def test_promote_creates_a_missing_values_file_and_takes_extra_files(settings, spec):
+    init_local_remote(settings, [])  # repository without this model's values file
+    publisher = LocalGitPublisher(settings.gitops_remote_url)
+    record = promote(
+        spec, make_decision("3"), make_bento("3"), settings, publisher, extra_files={"reports/v3.html": b"<p>ok</p>"}
+    )
+    assert "reports/v3.html" in record.files
+    assert show(settings, f"{record.branch}:reports/v3.html") == "<p>ok</p>"
+    assert 'version: "3"' in show(settings, f"{record.branch}:{spec.manifest_path}")
+    with pytest.raises(PromotionError, match="must not replace"):
+        promote(spec, make_decision("3"), make_bento("3"), settings, publisher, extra_files={spec.manifest_path: b""})
+
+
+def test_render_body_for_a_minimize_metric_without_ci(spec):
+    decision = make_decision(
+        "3", direction="minimize", ci_low=None, ci_high=None, delta=None, checks=[], reason="forced through"
+    )
+    body = render_body(spec, decision, make_bento("3"))
+    assert "↓ lower is better" in body and "| 0.8123 | 0.8301 | — |" in body
+    assert "Gate checks" not in body and "CI" not in body.split("**Lineage**")[0]
