@@ -87,7 +87,7 @@ def promotion_id(model: str, version: str) -> str:
 def parse_promotion_id(pid: str) -> tuple[str, str]:
     """``'fraud-detector/v3'`` -> ``('fraud-detector', '3')``; raises ValueError for anything else."""
     match = _ID_RE.match(pid)
-    if not match or ".." in pid:
+    if not match or ".." in pid or pid.endswith(".lock"):
         raise ValueError(f"promotion id must look like '<model>/v<version>', got {pid!r}")
     return match.group("model"), match.group("version")
 
@@ -218,23 +218,20 @@ def _clean_env(extra: Mapping[str, str]) -> dict[str, str]:
     return env
 
 
-_GIT_CONFIG = (
-    "-c",
-    "commit.gpgsign=false",
-    "-c",
-    "tag.gpgsign=false",
-    "-c",
-    "core.autocrlf=false",
-    "-c",
-    "core.quotePath=false",
-    "-c",
-    "advice.detachedHead=false",
-    "-c",
-    "merge.conflictStyle=merge",
-    "-c",
-    "pull.rebase=false",
-    "-c",
-    "rerere.enabled=false",
+_GIT_CONFIG = tuple(
+    arg
+    for setting in (
+        "commit.gpgsign=false",
+        "tag.gpgsign=false",
+        "core.autocrlf=false",
+        "core.quotePath=false",
+        "advice.detachedHead=false",
+        "merge.conflictStyle=merge",
+        "rerere.enabled=false",
+        # No client-side hooks in the temporary clones (the remote's own hooks still run on push).
+        f"core.hooksPath={os.devnull}",
+    )
+    for arg in ("-c", setting)
 )
 
 

@@ -22,6 +22,8 @@ from ct_pipeline.records import BentoRef, DeployedModel, GateDecision, Promotion
 from ct_pipeline.settings import Settings
 from ct_pipeline.spec import ModelSpec
 
+_MAX_ATTEMPTS = 3
+
 
 class PromotionError(RuntimeError):
     """A promotion that cannot be proposed."""
@@ -190,56 +192,65 @@ def promote(
         )
     _check_consistent(spec, decision, bento)
     publisher = publisher or default_publisher(settings, spec)
-
-    base_commit = publisher.head()
-    current = publisher.read_file(spec.manifest_path, ref=base_commit)
-    source = current if current is not None else render_initial_values(spec)
-    deployed = read_deployed(source, spec, commit=base_commit)
-    new_text = bump(source, bento)
-    if current is not None and new_text == current:
-        raise AlreadyDeployedError(
-            f"{spec.name} v{bento.version} ({bento.bento_tag}) is already deployed in "
-            f"{spec.gitops.environment} ({publisher.base_branch} @ {base_commit[:12]}); nothing to promote"
-        )
-
     pid = promotion_id(spec.name, bento.version)
     extra = dict(extra_files or {})
     reserved = {spec.manifest_path, record_path(pid), body_path(pid)}
     if clash := reserved & set(extra):
         raise PromotionError(f"extra_files must not replace the promotion's own files: {sorted(clash)}")
     code_sha = code_version()
-    body = render_body(
-        spec,
-        decision,
-        bento,
-        deployed=deployed,
-        base_branch=publisher.base_branch,
-        base_commit=base_commit,
-        changes=changed_values(current, new_text),
-        code_sha=code_sha,
-    )
-    record = PromotionRecord(
-        id=pid,
-        model=spec.name,
-        version=bento.version,
-        environment=spec.gitops.environment,
-        branch=promotion_branch(pid),
-        base_branch=publisher.base_branch,
-        title=promotion_title(spec, bento.version),
-        body=body,
-        manifest_path=spec.manifest_path,
-        created_at=datetime.now(UTC),
-        files=sorted(reserved | set(extra)),
-    )
-    files: dict[str, bytes] = {spec.manifest_path: new_text.encode(), **extra}
-    files.update(
-        promotion_files(
-            record,
-            decision=decision,
-            bento=bento,
-            deployed_before=deployed,
+    created_at = datetime.now(UTC)
+
+    # The branch is built on the base as it is when it is pushed; if the values file changed on the base
+    # between reading and pushing, the bump would silently undo that change, so check and redo.
+    for _attempt in range(_MAX_ATTEMPTS):
+        base_commit = publisher.head()
+        current = publisher.read_file(spec.manifest_path, ref=base_commit)
+        source = current if current is not None else render_initial_values(spec)
+        deployed = read_deployed(source, spec, commit=base_commit)
+        new_text = bump(source, bento)
+        if current is not None and new_text == current:
+            raise AlreadyDeployedError(
+                f"{spec.name} v{bento.version} ({bento.bento_tag}) is already deployed in "
+                f"{spec.gitops.environment} ({publisher.base_branch} @ {base_commit[:12]}); nothing to promote"
+            )
+        body = render_body(
+            spec,
+            decision,
+            bento,
+            deployed=deployed,
+            base_branch=publisher.base_branch,
             base_commit=base_commit,
-            code_version=code_sha,
+            changes=changed_values(current, new_text),
+            code_sha=code_sha,
         )
+        record = PromotionRecord(
+            id=pid,
+            model=spec.name,
+            version=bento.version,
+            environment=spec.gitops.environment,
+            branch=promotion_branch(pid),
+            base_branch=publisher.base_branch,
+            title=promotion_title(spec, bento.version),
+            body=body,
+            manifest_path=spec.manifest_path,
+            created_at=created_at,
+            files=sorted(reserved | set(extra)),
+        )
+        files: dict[str, bytes] = {spec.manifest_path: new_text.encode(), **extra}
+        files.update(
+            promotion_files(
+                record,
+                decision=decision,
+                bento=bento,
+                deployed_before=deployed,
+                base_commit=base_commit,
+                code_version=code_sha,
+            )
+        )
+        opened = publisher.open_promotion(record, files)
+        latest = publisher.head()
+        if latest == base_commit or publisher.read_file(spec.manifest_path, ref=latest) == current:
+            return opened
+    raise PromotionError(
+        f"{spec.manifest_path} kept changing on {publisher.base_branch} while promoting {pid}; try again"
     )
-    return publisher.open_promotion(record, files)

@@ -199,3 +199,32 @@ def test_render_body_for_a_minimize_metric_without_ci(spec):
     body = render_body(spec, decision, make_bento("3"))
     assert "↓ lower is better" in body and "| 0.8123 | 0.8301 | — |" in body
     assert "Gate checks" not in body and "CI" not in body.split("**Lineage**")[0]
+
+
+class RacingPublisher(LocalGitPublisher):
+    """Someone edits the values file on main while the first promotion is being opened."""
+
+    def __init__(self, *args, work, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.work, self.opened = work, 0
+
+    def open_promotion(self, record, files):
+        self.opened += 1
+        if self.opened == 1:
+            subprocess.run(["git", "clone", "--quiet", self.remote_url, str(self.work)], check=True)
+            values = self.work / record.manifest_path
+            values.write_text(values.read_text().replace("modelServer:\n  replicas: 2", "modelServer:\n  replicas: 5"))
+            cfg = ["-c", "user.name=t", "-c", "user.email=t@t"]
+            subprocess.run(["git", *cfg, "-C", str(self.work), "commit", "-qam", "scale up"], check=True)
+            subprocess.run(["git", "-C", str(self.work), "push", "-q", "origin", "HEAD:main"], check=True)
+        return super().open_promotion(record, files)
+
+
+def test_promote_redoes_the_bump_when_the_values_file_changes_meanwhile(settings, spec, tmp_path):
+    init_local_remote(settings, [spec])
+    publisher = RacingPublisher(settings.gitops_remote_url, work=tmp_path / "work")
+    record = promote(spec, make_decision("3"), make_bento("3"), settings, publisher)
+    assert publisher.opened == 2
+    values = show(settings, f"{record.branch}:{spec.manifest_path}")
+    assert "replicas: 5" in values and 'version: "3"' in values  # the hand edit survives
+    assert [p.id for p in publisher.list_promotions()] == ["fraud-detector/v3"]
