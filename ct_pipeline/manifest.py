@@ -59,11 +59,7 @@ gateway:
 
 
 def _plain_ok(value: str) -> bool:
-    return (
-        bool(_PLAIN_SAFE_RE.match(value))
-        and value.lower() not in _YAML11_SPECIAL
-        and not _NUMBERISH_RE.match(value)
-    )
+    return bool(_PLAIN_SAFE_RE.match(value)) and value.lower() not in _YAML11_SPECIAL and not _NUMBERISH_RE.match(value)
 
 
 def _yaml_scalar(value: str, style: str | None = None) -> str:
