@@ -93,7 +93,7 @@ def init() -> None:
 
     settings = _settings()
     specs = _all_specs(settings)
-    remote = init_local_remote(settings, specs, seed_dir=Path("gitops"))
+    remote = init_local_remote(settings, specs)
     console.print(f"GitOps remote: {remote}")
     console.print(f"MLflow tracking: {settings.tracking_uri}")
 

@@ -23,10 +23,9 @@ STEPS = ("sync", "pull", "train", "gate", "package", "promote")
 
 
 def publisher_for(spec: ModelSpec, settings: Settings):
-    from ct_pipeline.gitops import LocalGitPublisher
+    from ct_pipeline.gitops import default_publisher
 
-    remote = spec.gitops.remote or settings.gitops_remote_url
-    return LocalGitPublisher(remote, base_branch=spec.gitops.base_branch)
+    return default_publisher(settings, spec)
 
 
 def registry_for(settings: Settings):
