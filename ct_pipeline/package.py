@@ -10,8 +10,10 @@ functions, after :func:`ct_pipeline.settings.configure_environment`.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 from datetime import UTC, datetime
@@ -86,9 +88,7 @@ def _feature_dtypes(mlflow_model_dir: Path, features: list[str], model_uri: str)
         dtypes[spec.name] = getattr(dtype, "name", str(dtype)) if dtype is not None else "double"
     missing = [f for f in features if f not in dtypes]
     if missing:
-        raise PackageError(
-            f"model {model_uri} signature lacks spec features {missing} (has {sorted(dtypes)})"
-        )
+        raise PackageError(f"model {model_uri} signature lacks spec features {missing} (has {sorted(dtypes)})")
     unsupported = {f: dtypes[f] for f in features if dtypes[f] not in _MLFLOW_TYPES}
     if unsupported:
         raise PackageError(f"model {model_uri}: unsupported feature dtypes {unsupported}")
@@ -177,9 +177,53 @@ def _import_bento_model(spec: ModelSpec, version: str, run_id: str, data_hash: s
         raise PackageError(f"could not import {model_uri} (run {run_id}) into BentoML: {exc}") from exc
 
 
+def bento_home(settings: Settings) -> Path:
+    """The bento store in use: an explicit BENTOML_HOME wins over the settings (as in configure_environment)."""
+    return Path(os.environ.get("BENTOML_HOME") or settings.bento_home).expanduser().resolve()
+
+
+def _bound_bento_home() -> Path | None:
+    """The store bentoml is bound to in this process (None if bentoml has not been imported yet)."""
+    if "bentoml" not in sys.modules:
+        return None
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return Path(BentoMLContainer.bentoml_home.get()).expanduser().resolve()
+
+
 def build_bento(spec: ModelSpec, decision: GateDecision, settings: Settings) -> BentoRef:
-    """Import the challenger version from MLflow and build a bento serving it (idempotent)."""
+    """Import the challenger version from MLflow and build a bento serving it (idempotent).
+
+    BentoML binds its store when first used in a process; if this process is already bound to another
+    store than the settings ask for, the build runs in a fresh subprocess instead.
+    """
     configure_environment(settings)
+    bound = _bound_bento_home()
+    if bound is not None and bound != bento_home(settings):
+        return _build_in_subprocess(spec, decision, settings)
+    return _build(spec, decision, settings)
+
+
+def _build_in_subprocess(spec: ModelSpec, decision: GateDecision, settings: Settings) -> BentoRef:
+    payload = json.dumps(
+        {
+            "spec": spec.model_dump(mode="json"),
+            "decision": decision.to_json_dict(),
+            "settings": settings.model_dump(mode="json", exclude_none=True),
+        }
+    )
+    env = {**os.environ, "BENTOML_HOME": str(bento_home(settings))}
+    env.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ct_pipeline.package"], input=payload, capture_output=True, text=True, env=env
+    )
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise PackageError(f"bento build subprocess failed (exit {proc.returncode}):\n{tail}")
+    return BentoRef.model_validate_json(proc.stdout.strip().splitlines()[-1])
+
+
+def _build(spec: ModelSpec, decision: GateDecision, settings: Settings) -> BentoRef:
     import bentoml
 
     if decision.model != spec.name:
@@ -192,8 +236,7 @@ def build_bento(spec: ModelSpec, decision: GateDecision, settings: Settings) -> 
     run_id = mv.run_id or decision.challenger.run_id
     if decision.challenger.run_id and mv.run_id and decision.challenger.run_id != mv.run_id:
         raise PackageError(
-            f"{model_uri} was logged by run {mv.run_id}, "
-            f"but the gate decision names run {decision.challenger.run_id}"
+            f"{model_uri} was logged by run {mv.run_id}, but the gate decision names run {decision.challenger.run_id}"
         )
 
     existing = find_bento(spec.name, version, run_id)
@@ -251,15 +294,15 @@ def build_bento(spec: ModelSpec, decision: GateDecision, settings: Settings) -> 
     return _bento_ref(bento, data_hash)
 
 
-def bento_exists(bento_tag: str, settings: Settings | None = None) -> bool:
-    """Whether ``bento_tag`` is in the local bento store."""
-    if settings is not None:
-        configure_environment(settings)
-    import bentoml
-    from bentoml.exceptions import NotFound
+def _main() -> None:
+    """``python -m ct_pipeline.package`` < {"spec", "decision", "settings"} JSON: build, print the BentoRef."""
+    from ct_pipeline.spec import parse_spec
 
-    try:
-        bentoml.bentos.get(bento_tag)
-    except NotFound:
-        return False
-    return True
+    data = json.loads(sys.stdin.read())
+    settings = Settings(**data["settings"])
+    ref = _build(parse_spec(data["spec"]), GateDecision.model_validate(data["decision"]), settings)
+    print(ref.model_dump_json())
+
+
+if __name__ == "__main__":
+    _main()

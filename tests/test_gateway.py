@@ -183,10 +183,7 @@ def test_not_ready_until_metadata_loads(down):
 def test_admin_swap(client, down):
     assert client.put("/admin/upstream", json={"url": "http://model-b:3701"}).status_code == 401
     bad_auth = {"Authorization": "Bearer nope"}
-    assert (
-        client.put("/admin/upstream", json={"url": "http://model-b:3701"}, headers=bad_auth).status_code
-        == 401
-    )
+    assert client.put("/admin/upstream", json={"url": "http://model-b:3701"}, headers=bad_auth).status_code == 401
     auth = {"Authorization": "Bearer s3cret"}
     assert client.put("/admin/upstream", json={"url": "ftp://x"}, headers=auth).status_code == 422
 

@@ -10,8 +10,8 @@ A deployable of its own (it must not import ct_pipeline). Run it with
 - ``GET /healthz`` (process alive), ``GET /readyz`` (schema loaded and upstream ready), ``GET /metrics``,
   ``GET /metadata`` (the served model's lineage and features).
 - ``PUT /admin/upstream`` ``{"url": ...}`` (``Authorization: Bearer <token>`` when a token is configured):
-  loads the new upstream's metadata first, swaps upstream + schema atomically, then waits for requests in flight on the
-  previous upstream to finish (so the caller can stop the old model server without dropping requests).
+  loads the new upstream's metadata first, swaps upstream + schema atomically, then waits for requests in
+  flight on the previous upstream to finish (so the caller can stop the old model server, dropping none).
 """
 
 from __future__ import annotations
@@ -59,9 +59,7 @@ logger = logging.getLogger("ct_gateway")
 class GatewaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CT_GATEWAY_", extra="ignore")
 
-    upstream_url: str | None = Field(
-        default=None, description="Model server base URL, e.g. http://127.0.0.1:3700"
-    )
+    upstream_url: str | None = Field(default=None, description="Model server base URL, e.g. http://127.0.0.1:3700")
     admin_token: SecretStr | None = Field(default=None, description="Bearer token for /admin/*; unset = open")
     max_rows: int = Field(default=1000, ge=1)
     connect_timeout: float = Field(default=2.0, gt=0)
@@ -178,9 +176,7 @@ class Upstream:
             self.idle.set()
 
 
-def _new_client(
-    settings: GatewaySettings, url: str, transport: httpx.AsyncBaseTransport | None
-) -> httpx.AsyncClient:
+def _new_client(settings: GatewaySettings, url: str, transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=url.rstrip("/"),
         timeout=httpx.Timeout(settings.request_timeout, connect=settings.connect_timeout),
@@ -214,9 +210,7 @@ class Gateway:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=self.registry,
         )
-        self.rows = Counter(
-            "ct_gateway_predicted_rows", "Rows scored", ["model", "version"], registry=self.registry
-        )
+        self.rows = Counter("ct_gateway_predicted_rows", "Rows scored", ["model", "version"], registry=self.registry)
         self.model_info = Gauge(
             "ct_gateway_model_info",
             "Model served behind the gateway (value 1)",
@@ -235,9 +229,7 @@ class Gateway:
             request_model = build_request_model(meta, self.settings.max_rows)
         except (httpx.HTTPError, ValueError) as exc:  # ValidationError is a ValueError
             await client.aclose()
-            raise UpstreamError(
-                f"cannot load model metadata from {url}: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise UpstreamError(f"cannot load model metadata from {url}: {type(exc).__name__}: {exc}") from exc
         return Upstream(url=url.rstrip("/"), client=client, meta=meta, request_model=request_model)
 
     def install(self, upstream: Upstream) -> Upstream | None:
@@ -312,9 +304,7 @@ def _validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
     return errors
 
 
-def create_app(
-    settings: GatewaySettings | None = None, transport: httpx.AsyncBaseTransport | None = None
-) -> FastAPI:
+def create_app(settings: GatewaySettings | None = None, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
     gw = Gateway(settings, transport)
 
@@ -361,16 +351,10 @@ def create_app(
         try:
             resp = await up.client.get("/readyz", timeout=settings.readiness_timeout)
         except httpx.HTTPError as exc:
-            return _error(
-                503, "upstream_unavailable", f"{up.url}: {type(exc).__name__}: {exc}", upstream=up.url
-            )
+            return _error(503, "upstream_unavailable", f"{up.url}: {type(exc).__name__}: {exc}", upstream=up.url)
         if resp.status_code != 200:
-            return _error(
-                503, "upstream_not_ready", f"{up.url}/readyz answered {resp.status_code}", upstream=up.url
-            )
-        return JSONResponse(
-            {"status": "ready", "model": up.meta.model, "version": up.meta.version, "upstream": up.url}
-        )
+            return _error(503, "upstream_not_ready", f"{up.url}/readyz answered {resp.status_code}", upstream=up.url)
+        return JSONResponse({"status": "ready", "model": up.meta.model, "version": up.meta.version, "upstream": up.url})
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -405,9 +389,7 @@ def create_app(
         except httpx.TimeoutException as exc:
             return _error(504, "upstream_timeout", f"{up.url}: {type(exc).__name__}", upstream=up.url)
         except httpx.HTTPError as exc:
-            return _error(
-                503, "upstream_unavailable", f"{up.url}: {type(exc).__name__}: {exc}", upstream=up.url
-            )
+            return _error(503, "upstream_unavailable", f"{up.url}: {type(exc).__name__}: {exc}", upstream=up.url)
         finally:
             up.release()
         if resp.status_code in (429, 503):
@@ -421,9 +403,7 @@ def create_app(
             )
         predictions = resp.json()
         if not isinstance(predictions, list) or len(predictions) != len(rows):
-            return _error(
-                502, "upstream_error", "model server returned a malformed prediction list", upstream=up.url
-            )
+            return _error(502, "upstream_error", "model server returned a malformed prediction list", upstream=up.url)
         meta = up.meta
         gw.rows.labels(meta.model, meta.version).inc(len(rows))
         return JSONResponse(

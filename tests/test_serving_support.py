@@ -1,0 +1,109 @@
+"""Helpers shared by the serving tests (test_package.py, test_rollout.py); holds no tests itself.
+
+BentoML binds its store (BENTOML_HOME) the first time it is used in a process, so every serving test
+uses ONE bento store per pytest session (``shared_bento_home``); MLflow stores stay per test/module.
+"""
+
+from __future__ import annotations
+
+import socket
+from datetime import UTC, datetime
+from pathlib import Path
+
+FEATURES = ["amount", "n_tx", "age-days"]
+SPEC = {
+    "name": "fraud-detector",
+    "description": "test model",
+    "task": "binary_classification",
+    "data": {
+        "source": {"kind": "csv", "path": "tx.csv"},
+        "time_column": "ts",
+        "target": "is_fraud",
+        "features": FEATURES,
+    },
+    "candidates": [{"name": "lr", "kind": "sklearn", "estimator": "sklearn.linear_model.LogisticRegression"}],
+    "metric": {"name": "roc_auc"},
+}
+
+
+def shared_bento_home(tmp_path_factory) -> Path:
+    path = tmp_path_factory.getbasetemp() / "bentoml-shared"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_spec(**overrides):
+    from ct_pipeline.spec import parse_spec
+
+    return parse_spec({**SPEC, **overrides})
+
+
+def frame(n: int = 300, seed: int = 0):
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    x = pd.DataFrame(
+        {
+            "amount": rng.normal(size=n),
+            "n_tx": rng.integers(0, 10, n).astype("int64"),
+            "age-days": rng.normal(size=n),
+        }
+    )
+    y = ((x["amount"] + 0.2 * x["n_tx"] + rng.normal(scale=0.5, size=n)) > 1.0).astype(int)
+    return x, y
+
+
+def register_model(name: str = "fraud-detector", seed: int = 0, C: float = 1.0):
+    """Train a tiny LogisticRegression, log + register it; returns (version, run_id, fitted model)."""
+    import mlflow
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = frame(seed=seed)
+    model = LogisticRegression(C=C, max_iter=500).fit(x, y)
+    mlflow.set_experiment(name)
+    with mlflow.start_run() as run:
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            registered_model_name=name,
+            pyfunc_predict_fn="predict_proba",
+            signature=infer_signature(x, model.predict_proba(x)),
+            input_example=x.head(3),
+            pip_requirements=["scikit-learn", "pandas"],  # skip slow requirement inference
+        )
+    return str(info.registered_model_version), run.info.run_id, model
+
+
+def make_decision(model: str, version: str, run_id: str, data_hash: str = "sha256:" + "ab" * 32):
+    from ct_pipeline.records import GateDecision, ModelRef, WindowSnapshot
+
+    snapshot = WindowSnapshot(
+        model=model,
+        source="csv:tx.csv",
+        start=datetime(2026, 10, 1, tzinfo=UTC),
+        end=datetime(2026, 11, 1, tzinfo=UTC),
+        rows=300,
+        content_hash=data_hash,
+        path="window.parquet",
+        time_column="ts",
+        target="is_fraud",
+        features=FEATURES,
+    )
+    return GateDecision(
+        model=model,
+        promote=True,
+        reason="challenger better",
+        challenger=ModelRef(version=version, run_id=run_id, metric=0.9),
+        metric="roc_auc",
+        direction="maximize",
+        decided_at=datetime.now(UTC),
+        snapshot=snapshot,
+    )
