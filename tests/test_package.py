@@ -1,0 +1,142 @@
+"""build_bento: unit checks of names/labels, and real builds from a real MLflow sqlite registry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_serving_support import FEATURES, make_decision, make_spec, register_model, shared_bento_home
+
+from ct_pipeline.package import (
+    PackageError,
+    bento_model_name,
+    bento_model_version,
+    build_bento,
+    runtime_requirements,
+    sanitize_label,
+)
+
+
+def test_sanitize_label():
+    assert sanitize_label("sha256:" + "a" * 64) == ("sha256-" + "a" * 64)[:63]
+    assert len(sanitize_label("x" * 200)) == 63
+    assert sanitize_label("fraud-detector") == "fraud-detector"
+    assert sanitize_label(" weird / value! ") == "weird-value"
+    assert sanitize_label(3) == "3"
+
+
+def test_names():
+    assert bento_model_name("fraud-detector") == "fraud-detector"
+    assert bento_model_name("Churn Model v2") == "churn-model-v2"
+    assert bento_model_version("12", "0123456789abcdef0123") == "v12-0123456789ab"
+    with pytest.raises(PackageError):
+        bento_model_name("---")
+
+
+def test_runtime_requirements_are_pinned():
+    pins = dict(p.split("==") for p in runtime_requirements())
+    assert {"mlflow", "scikit-learn", "lightgbm", "pandas"} <= set(pins)
+    assert all(pins.values())
+
+
+@pytest.fixture
+def pkg_settings(settings, monkeypatch, tmp_path_factory):
+    """conftest's per-test settings, but with the session's one bento store (bentoml binds it once)."""
+    shared = shared_bento_home(tmp_path_factory)
+    monkeypatch.setenv("BENTOML_HOME", str(shared))
+    return settings.model_copy(update={"bentoml_home": shared})
+
+
+def _stored_bentos(bento_home: Path, name: str) -> dict[str, dict]:
+    """tag -> bento.yaml of the bentos on disk (read from the store, not through this process's bentoml,
+    which may be bound to another store when the whole suite runs)."""
+    from ruamel.yaml import YAML
+
+    base = Path(bento_home) / "bentos" / name
+    return {
+        f"{name}:{path.parent.name}": YAML(typ="safe").load(path.read_text())
+        for path in (base.glob("*/bento.yaml") if base.is_dir() else [])
+    }
+
+
+@pytest.mark.integration
+def test_build_bento_for_real(pkg_settings):
+    spec = make_spec()
+    version, run_id, _ = register_model(spec.name)
+    decision = make_decision(spec.name, version, run_id)
+
+    ref = build_bento(spec, decision, pkg_settings)
+    assert (ref.model, ref.version, ref.run_id) == ("fraud-detector", version, run_id)
+    assert ref.data_hash == "sha256:" + "ab" * 32
+    assert ref.bento_tag.startswith("fraud-detector:")
+    assert ref.bento_model_tag == f"fraud-detector:v{version}-{run_id[:12]}"
+    assert ref.labels["data_hash"] == ("sha256-" + "ab" * 32)[:63]
+    assert ref.labels["run_id"] == run_id and ref.labels["version"] == version
+    assert all(len(v) <= 63 for v in ref.labels.values())
+
+    stored = _stored_bentos(pkg_settings.bento_home, "fraud-detector")
+    info = stored[ref.bento_tag]
+    assert info["labels"] == ref.labels and info["service"] == "service:CTModelService"
+    assert [m["tag"] for m in info["services"][0]["models"]] == [ref.bento_model_tag]
+    bento_dir = Path(pkg_settings.bento_home) / "bentos" / "fraud-detector" / ref.bento_tag.partition(":")[2]
+    src = bento_dir / "src"
+    assert {p.name for p in src.iterdir()} <= {"ct_model.json", "service.py", "bentofile.yaml"}
+    serving_source = Path(__file__).parents[1] / "serving" / "model_service" / "service.py"
+    assert (src / "service.py").read_bytes() == serving_source.read_bytes()
+    config = json.loads((src / "ct_model.json").read_text())
+    assert config["features"] == FEATURES
+    assert config["feature_dtypes"] == {"amount": "double", "n_tx": "long", "age-days": "double"}
+    assert config["data_hash"] == "sha256:" + "ab" * 32 and config["model_uri"] == f"models:/fraud-detector/{version}"
+    requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text()
+    assert "mlflow==" in requirements and "scikit-learn==" in requirements
+    model_dir = Path(pkg_settings.bento_home) / "models" / "fraud-detector" / ref.bento_model_tag.partition(":")[2]
+    assert (model_dir / "mlflow_model" / "MLmodel").is_file()
+
+    # idempotent: the same model + version returns the existing bento
+    again = build_bento(spec, decision, pkg_settings)
+    assert again.bento_tag == ref.bento_tag
+    stored = _stored_bentos(pkg_settings.bento_home, "fraud-detector")
+    assert [tag for tag, b in stored.items() if b["labels"]["run_id"] == run_id] == [ref.bento_tag]
+
+
+@pytest.mark.integration
+def test_unknown_version_names_it(pkg_settings):
+    spec = make_spec()
+    register_model(spec.name)
+    with pytest.raises(PackageError, match=r"model version 'fraud-detector' version '99' not found"):
+        build_bento(spec, make_decision(spec.name, "99", "0" * 32), pkg_settings)
+
+
+@pytest.mark.integration
+def test_decision_run_mismatch(pkg_settings):
+    spec = make_spec()
+    version, _, _ = register_model(spec.name)
+    with pytest.raises(PackageError, match="gate decision names run ffff"):
+        build_bento(spec, make_decision(spec.name, version, "f" * 32), pkg_settings)
+    with pytest.raises(PackageError, match="gate decision is for model 'other'"):
+        build_bento(spec, make_decision("other", version, "f" * 32), pkg_settings)
+
+
+@pytest.mark.integration
+def test_other_store_builds_in_a_subprocess(settings, tmp_path_factory, monkeypatch):
+    """bentoml is already bound to the shared store in this process: a build for another store still lands
+    in that store (via a subprocess), not in the bound one."""
+    from ct_pipeline.package import _bound_bento_home
+
+    shared = shared_bento_home(tmp_path_factory)
+    monkeypatch.setenv("BENTOML_HOME", str(shared))
+    import bentoml
+
+    bentoml.bentos.list()  # make sure this process is bound to a store (the shared one, unless bound before)
+    assert _bound_bento_home() is not None
+    other = settings.home_dir / "other-bentoml"
+    monkeypatch.setenv("BENTOML_HOME", str(other))
+    s = settings.model_copy(update={"bentoml_home": other})
+
+    spec = make_spec()
+    version, run_id, _ = register_model(spec.name)
+    ref = build_bento(spec, make_decision(spec.name, version, run_id), s)
+    name, _, ver = ref.bento_tag.partition(":")
+    assert (other / "bentos" / name / ver / "bento.yaml").is_file()
+    assert not (_bound_bento_home() / "bentos" / name / ver).exists()
