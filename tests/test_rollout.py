@@ -32,6 +32,7 @@ from ct_pipeline.rollout import (
     describe,
     pid_alive,
     reconcile,
+    resolve_bento,
     status,
     stop_all,
 )
@@ -105,6 +106,8 @@ def test_missing_bento_is_a_clear_error(env):
         reconcile(settings, [wanted])
     with pytest.raises(RolloutError, match=r"no bento for fraud-detector v7"):
         reconcile(settings, [wanted.model_copy(update={"bento_tag": None, "version": "7"})])
+    # a manifest without a bento tag: the bento labelled with the model + version
+    assert resolve_bento(settings, desired(bento).model_copy(update={"bento_tag": None})) == bento.bento_tag
 
 
 def test_serve_v1_through_gateway(env):
@@ -155,7 +158,7 @@ def test_switch_to_v2_under_load_drops_nothing(env):
     settings, versions = env
     [before] = status(settings)
     assert before.version == "1", "runs after test_serve_v1_through_gateway"
-    bento2, model2 = versions["2"]
+    bento2, _ = versions["2"]
     old_processes = {before.model_server.pid} | _descendants(before.model_server.pid)
     assert len(old_processes) >= 2, "bentoml arbiter + worker"
 
@@ -163,6 +166,10 @@ def test_switch_to_v2_under_load_drops_nothing(env):
     errors: list[str] = []
     stop = threading.Event()
     sample = rows(3, seed=11)
+    import pandas as pd
+
+    expected = {v: list(m.predict_proba(pd.DataFrame(sample)[FEATURES])[:, 1]) for v, (_, m) in versions.items()}
+    wrong: list[dict] = []
 
     def hammer():
         with httpx.Client(timeout=30) as client:
@@ -170,6 +177,12 @@ def test_switch_to_v2_under_load_drops_nothing(env):
                 try:
                     resp = client.post(f"{before.gateway_url}/predict", json={"rows": sample})
                     results.append((resp.status_code, resp.headers.get("X-Model-Version")))
+                    body = resp.json()
+                    # adaptive batching must hand every request its own rows' scores, from its version
+                    if resp.status_code == 200 and body["predictions"] != pytest.approx(
+                        expected[body["version"]], abs=1e-9
+                    ):
+                        wrong.append(body)
                 except httpx.HTTPError as exc:
                     errors.append(repr(exc))
 
@@ -191,6 +204,7 @@ def test_switch_to_v2_under_load_drops_nothing(env):
     statuses = Counter(code for code, _ in results)
     versions_seen = Counter(v for _, v in results)
     assert not errors, errors[:5]
+    assert not wrong, wrong[:3]
     assert set(statuses) == {200}, statuses
     assert len(results) > 50, "the switch happened under real load"
     assert versions_seen["1"] > 0 and versions_seen["2"] > 0, versions_seen
@@ -199,12 +213,9 @@ def test_switch_to_v2_under_load_drops_nothing(env):
     assert not [pid for pid in old_processes if pid_alive(pid)]
     assert not _live_members(before.model_server.pid)
 
-    import pandas as pd
-
     resp = httpx.post(f"{after.gateway_url}/predict", json={"rows": sample}, timeout=30).json()
     assert resp["version"] == "2" and resp["run_id"] == bento2.run_id
-    expected = model2.predict_proba(pd.DataFrame(sample)[FEATURES])[:, 1]
-    assert resp["predictions"] == pytest.approx(list(expected), abs=1e-9)
+    assert resp["predictions"] == pytest.approx(expected["2"], abs=1e-9)
 
 
 def test_repair_after_gateway_crash(env):
