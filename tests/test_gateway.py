@@ -218,3 +218,18 @@ def test_metrics_and_openapi(client):
     body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["properties"]["rows"]["maxItems"] == 5
     assert spec["components"]["schemas"]["Row"]["required"] == FEATURES
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"), [(True, True), (0, True), (1.0, True), (2, False), ("true", False), (None, False)]
+)
+def test_boolean_features(value, ok):
+    meta = UpstreamMetadata(model="m", version="1", features=["flag"], feature_dtypes={"flag": "boolean"})
+    model = build_request_model(meta, max_rows=1)
+    if ok:
+        assert model.model_validate({"rows": [{"flag": value}]}).rows[0].model_dump(by_alias=True) == {
+            "flag": bool(value)
+        }
+    else:
+        with pytest.raises(ValueError, match="boolean"):
+            model.model_validate({"rows": [{"flag": value}]})

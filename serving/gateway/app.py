@@ -41,10 +41,10 @@ from prometheus_client import (
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
-    StrictBool,
     StrictFloat,
     StrictStr,
     ValidationError,
@@ -85,6 +85,15 @@ def _whole_number(value: float) -> int:
 
 
 _Number = Annotated[StrictFloat, Field(allow_inf_nan=False)]
+
+
+def _bool_or_01(value: Any) -> Any:
+    if isinstance(value, bool) or (type(value) in (int, float) and value in (0, 1)):
+        return bool(value)
+    raise ValueError("Input should be a boolean, 0 or 1")
+
+
+_Boolean = Annotated[bool, BeforeValidator(_bool_or_01)]
 _Integer = Annotated[_Number, AfterValidator(_whole_number)]
 # MLflow signature dtype -> field type. Numbers are strict: strings and booleans are refused.
 FIELD_TYPES: dict[str, Any] = {
@@ -92,7 +101,7 @@ FIELD_TYPES: dict[str, Any] = {
     "float": _Number,
     "long": _Integer,
     "integer": _Integer,
-    "boolean": StrictBool,
+    "boolean": _Boolean,
     "string": StrictStr,
 }
 

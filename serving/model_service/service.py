@@ -24,9 +24,9 @@ import bentoml
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
-    StrictBool,
     StrictFloat,
     StrictStr,
     create_model,
@@ -66,12 +66,21 @@ def _whole_number(value: float) -> int:
 
 
 _Finite = Annotated[StrictFloat, Field(allow_inf_nan=False)]
+
+
+def _bool_or_01(value: Any) -> Any:
+    if isinstance(value, bool) or (type(value) in (int, float) and value in (0, 1)):
+        return bool(value)
+    raise ValueError("Input should be a boolean, 0 or 1")
+
+
+_Boolean = Annotated[bool, BeforeValidator(_bool_or_01)]
 _FIELD_TYPES: dict[str, Any] = {
     "double": _Finite,
     "float": _Finite,
     "long": Annotated[_Finite, AfterValidator(_whole_number)],
     "integer": Annotated[_Finite, AfterValidator(_whole_number)],
-    "boolean": StrictBool,
+    "boolean": _Boolean,
     "string": StrictStr,
 }
 
