@@ -23,6 +23,7 @@ import asyncio
 import copy
 import difflib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -42,9 +43,9 @@ from ct_pipeline.spec import discover_specs, load_spec
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "ct-serving"
 SEED = REPO / "gitops"
-FLUX_CRDS = next(
-    (p for p in (REPO.parent / "shared" / "flux-crds", Path("/work/shared/flux-crds")) if p.is_dir()), None
-)
+# Flux CRDs: CTPIPE_FLUX_CRDS (CI downloads them), else the project's shared/flux-crds next to the repository.
+_CRD_DIRS = (os.environ.get("CTPIPE_FLUX_CRDS", ""), REPO.parent / "shared" / "flux-crds", "/work/shared/flux-crds")
+FLUX_CRDS = next((Path(p) for p in _CRD_DIRS if p and Path(p).is_dir()), None)
 K8S_VERSION = "1.32.0"
 ENVIRONMENTS = ("staging", "production")
 DIGEST = "sha256:" + "ab" * 32
