@@ -305,10 +305,7 @@ def reconcile(
 
 
 def _served_line(state) -> str:
-    data = state.model_dump() if hasattr(state, "model_dump") else dict(state)
-    model, version = data.get("model"), data.get("version")
-    url = data.get("gateway_url") or f"http://127.0.0.1:{data.get('gateway_port')}"
-    return f"serving {model} v{version} at {url}/predict"
+    return f"serving {state.model} v{state.version} at {state.gateway_url}/predict"
 
 
 @app.command()
@@ -317,7 +314,7 @@ def status(model: str) -> None:
     from ct_pipeline.gitops import deployed_model
     from ct_pipeline.pipeline import publisher_for, registry_for
     from ct_pipeline.registry import CHALLENGER, CHAMPION
-    from ct_pipeline.rollout import served_states
+    from ct_pipeline.rollout import status as served_status
 
     settings = _settings()
     spec = _spec(settings, model)
@@ -325,7 +322,7 @@ def status(model: str) -> None:
     registry = registry_for(settings)
     champion = registry.get_alias(spec.registered_model_name, CHAMPION)
     challenger = registry.get_alias(spec.registered_model_name, CHALLENGER)
-    served = next((s for s in served_states(settings) if s.model == spec.name), None)
+    served = next((s for s in served_status(settings) if s.model == spec.name), None)
     table = Table("source", "version", "detail")
     table.add_row(
         f"git {spec.gitops.base_branch} ({spec.gitops.environment})",
