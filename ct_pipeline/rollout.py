@@ -441,7 +441,13 @@ class LocalRuntime:
         return resp.json()
 
     def _start_gateway(self, model: str, upstream: str, token: str, taken: set[int], port: int | None) -> ProcessInfo:
-        if port is None or port in taken or not _port_free(self.host, port):
+        port = port or self.settings.gateway_port
+        if port in taken or not _port_free(self.host, port):
+            if port == self.settings.gateway_port and port not in taken:
+                # the first gateway is where users (and `ctpipe predict`) expect it: do not move it silently
+                raise RolloutError(
+                    f"gateway port {self.host}:{port} is in use by another process (stop it or set CTPIPE_GATEWAY_PORT)"
+                )
             port = free_port(self.host, self.settings.gateway_port, taken)
         log = self.logs / f"{model}-gateway-{port}.log"
         env = {

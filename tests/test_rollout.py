@@ -35,6 +35,7 @@ from ct_pipeline.rollout import (
     resolve_bento,
     status,
     stop_all,
+    stop_process_group,
 )
 from ct_pipeline.settings import Settings
 
@@ -267,3 +268,43 @@ def test_stale_pids_are_skipped(env):
     assert st.model_server.alive is False and st.gateway.alive is False  # pytest's pid is not a gateway
     assert [s.model for s in stop_all(settings)] == ["fraud-detector"]
     assert pid_alive(os.getpid())
+
+
+def test_busy_gateway_port_is_a_clear_error(settings):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        runtime = LocalRuntime(settings.model_copy(update={"gateway_port": port}))
+        with pytest.raises(RolloutError, match=rf"gateway port 127.0.0.1:{port} is in use by another process"):
+            runtime._start_gateway("m", "http://127.0.0.1:1", "t", taken=set(), port=None)
+
+
+def test_stop_process_group_reaches_workers_in_their_own_sessions():
+    import subprocess
+    import sys
+
+    # a leader whose worker moves to a session of its own, like bentoml's circusd + workers
+    code = (
+        "import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, '-c', 'import os, time; os.setsid(); time.sleep(60)']); "
+        "time.sleep(60)"
+    )
+    leader = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    for _ in range(100):
+        workers = _descendants(leader.pid)
+        if workers:
+            break
+        time.sleep(0.05)
+    assert workers
+    # SIGTERM to the group ends the leader; the worker (own session, found via the process tree) outlives it
+    # and is SIGKILLed after the timeout
+    assert stop_process_group(leader.pid, expect="time.sleep(60)", timeout=1)
+    for _ in range(50):
+        if not [p for p in workers if pid_alive(p)]:
+            break
+        time.sleep(0.1)
+    assert not pid_alive(leader.pid) and not [p for p in workers if pid_alive(p)]
+    assert stop_process_group(leader.pid) is False  # stale: nothing left to stop
