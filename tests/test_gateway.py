@@ -233,3 +233,37 @@ def test_boolean_features(value, ok):
     else:
         with pytest.raises(ValueError, match="boolean"):
             model.model_validate({"rows": [{"flag": value}]})
+
+
+def test_swap_waits_for_requests_in_flight_on_the_old_upstream():
+    """The swap answers only after the old upstream drained; new requests already go to the new one."""
+    import asyncio
+
+    async def main():
+        gate = asyncio.Event()
+        fake = fake_model_server()
+
+        async def handler(request: httpx.Request) -> httpx.Response:
+            if request.url.path == "/predict" and request.url.host == "model-a":
+                await gate.wait()  # a slow request in flight on the old model server
+            return fake(request)
+
+        settings = GatewaySettings(upstream_url="http://model-a:3700", admin_token="s3cret")
+        app = create_app(settings, transport=httpx.MockTransport(handler))
+        await app.state.gateway.connect_initial(attempts=1)
+        auth = {"Authorization": "Bearer s3cret"}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+            slow = asyncio.create_task(c.post("/predict", json={"rows": [row()]}))
+            await asyncio.sleep(0.05)
+            swap = asyncio.create_task(c.put("/admin/upstream", json={"url": "http://model-b:3701"}, headers=auth))
+            await asyncio.sleep(0.1)
+            assert not swap.done(), "the swap must wait for the in-flight request"
+            fresh = await c.post("/predict", json={"rows": [row()]})
+            assert fresh.json()["version"] == "3-model-b"
+            gate.set()
+            assert (await slow).json()["version"] == "3"
+            done = await swap
+            assert done.status_code == 200 and done.json()["drained"] is True
+        await app.state.gateway.close()
+
+    asyncio.run(main())

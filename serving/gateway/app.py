@@ -205,6 +205,7 @@ class Gateway:
         self.upstream: Upstream | None = None
         self.last_error: str | None = None
         self.swap_lock = asyncio.Lock()
+        self._background: set[asyncio.Task] = set()
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "ct_gateway_requests",
@@ -266,7 +267,9 @@ class Gateway:
                     await asyncio.wait_for(upstream.idle.wait(), self.settings.request_timeout + 5)
                 await upstream.client.aclose()
 
-            asyncio.get_running_loop().create_task(_late_close())
+            task = asyncio.get_running_loop().create_task(_late_close())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
         return drained
 
     async def connect_initial(self, attempts: int | None = None) -> None:
@@ -410,7 +413,10 @@ def create_app(settings: GatewaySettings | None = None, transport: httpx.AsyncBa
                 f"model server answered {resp.status_code}: {resp.text[:500]}",
                 upstream=up.url,
             )
-        predictions = resp.json()
+        try:
+            predictions = resp.json()
+        except ValueError:
+            predictions = None
         if not isinstance(predictions, list) or len(predictions) != len(rows):
             return _error(502, "upstream_error", "model server returned a malformed prediction list", upstream=up.url)
         meta = up.meta
