@@ -22,8 +22,9 @@ app = typer.Typer(
 )
 promotions_app = typer.Typer(help="Promotion pull requests (branches on the GitOps remote).", no_args_is_help=True)
 app.add_typer(promotions_app, name="promotions")
-console = Console()
-err = Console(stderr=True)
+# Piped output (CI logs, `make demo`) would wrap tables at 80 columns; a terminal keeps its own width.
+console = Console(width=None if sys.stdout.isatty() else 140)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 
 def _settings() -> Settings:

@@ -41,27 +41,27 @@ def _day_frame(day: date, rows: int, drifted: bool, rng: np.random.Generator) ->
     night = ((hour < 6) | (hour >= 23)).astype(float)
     if not drifted:
         logit = (
-            -5.2
-            + 0.9 * np.log1p(amount) / 4
-            + 3.2 * merchant_risk
-            + 0.012 * distance
-            - 0.0004 * card_age
-            + 0.15 * txn_count
-            + 0.9 * is_foreign
-            + 0.7 * night
+            -8.9
+            + 0.8 * np.log1p(amount)
+            + 5.0 * merchant_risk
+            + 0.02 * distance
+            - 0.0008 * card_age
+            + 0.25 * txn_count
+            + 1.6 * is_foreign
+            + 1.2 * night
             + 0.3 * is_weekend
         )
     else:
         # After the drift the same features mean different things: small foreign night purchases on new cards.
         logit = (
-            -5.0
-            - 0.6 * np.log1p(amount) / 4
-            + 1.2 * merchant_risk
-            + 0.004 * distance
-            - 0.0012 * card_age
-            + 0.25 * txn_count
-            + 2.0 * is_foreign
-            + 1.4 * night
+            -4.4
+            - 0.3 * np.log1p(amount)
+            + 2.0 * merchant_risk
+            + 0.006 * distance
+            - 0.0016 * card_age
+            + 0.35 * txn_count
+            + 2.6 * is_foreign
+            + 2.0 * night
             + 0.3 * is_weekend
         )
     fraud = (rng.random(rows) < 1 / (1 + np.exp(-logit))).astype(int)

@@ -53,9 +53,13 @@ run ctpipe predict "$sample"
 
 branch=$(git --git-dir="$CTPIPE_HOME/gitops.git" branch --list 'promote/*' --sort=-committerdate --format='%(refname:short)' | head -1)
 gw=$(python -c 'from ct_pipeline.settings import Settings; s=Settings(); print(f"http://{s.bind_host}:{s.gateway_port}")')
+served=$(curl -s -X POST "$gw/predict" -H 'content-type: application/json' -d "{\"rows\": $sample}" | python -c '
+import json, sys
+b = json.load(sys.stdin)
+print("%s v%s (MLflow run %s), predictions %s" % (b["model"], b["version"], b["run_id"], [round(p, 4) for p in b["predictions"]]))')
 say "Done"
 echo "promotion branch : ${branch:-none} (remote $CTPIPE_HOME/gitops.git)"
-ctpipe status "$MODEL" | grep -E "served locally" || true
+echo "served model     : $served"
 echo "prediction API   : curl -s -X POST $gw/predict -H 'content-type: application/json' -d '{\"rows\": $sample}'"
 echo "MLflow UI        : mlflow ui --backend-store-uri sqlite:///$CTPIPE_HOME/mlflow.db --host 127.0.0.1"
 echo "roll back        : .venv/bin/ctpipe rollback $MODEL && .venv/bin/ctpipe reconcile"
