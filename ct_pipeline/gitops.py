@@ -753,7 +753,14 @@ def resolve_remote(settings: Settings, spec: ModelSpec | None = None) -> tuple[s
 
 
 def default_publisher(settings: Settings, spec: ModelSpec | None = None) -> GitPublisher:
-    """The publisher for ``spec`` (a GitHub publisher will be chosen here once it exists)."""
+    """The publisher for ``spec``: GitHub pull requests (:class:`ct_pipeline.github.GitHubPublisher`) when the
+    remote names a GitHub repository (``github.com/owner/repo``, ``https://github.com/owner/repo``, or a repository
+    URL on the host of ``CTPIPE_GITHUB_API_URL``: GitHub Enterprise, the test stand-in), else the git CLI
+    publisher (local paths, ``file://``, ssh remotes)."""
+    from ct_pipeline.github import GitHubPublisher, parse_github_remote
+
+    if parse_github_remote(resolve_remote(settings, spec)[0]) is not None:
+        return GitHubPublisher.from_settings(settings, spec)
     return LocalGitPublisher.from_settings(settings, spec)
 
 
