@@ -10,11 +10,15 @@ What runs here (no cluster, no helm binary):
 - each environment's values (taken from the rendered ConfigMap, i.e. what Flux hands to Helm) merged over
   the chart defaults validate against values.schema.json, before and after a promotion bump; bad values
   are rejected naming their path; a bump of the seeded values file keeps comments and $imagepolicy markers;
-- the chart lints with helm-sdkpy (Helm v4's lint renders every template with the given values) for
-  each environment, deployed and not; and every `.Values.x.y` path a template reads exists in the schema
-  (a typo'd path renders as empty without any error, so this is checked statically).
-`helm template` + kubeconform of the rendered chart, and a real Flux on kind, run in
-.github/workflows/gitops.yml.
+- the chart lints with helm-sdkpy (Helm v4 as a library; lint renders every template) for each environment,
+  deployed and not; every `.Values.x.y` path a template reads exists in the schema (a typo'd path renders as
+  empty without any error);
+- the chart is rendered by Helm itself: helm-sdkpy has no `template` action, so its `Install` runs against a
+  minimal fake Kubernetes API (discovery, /version, 404 for lookups, echo for creates; nothing is validated
+  there) in this module, and the release's manifest (what Helm would apply) is validated with
+  kubernetes-validate and checked for what the chart promises (digest pinning, probes, non-root, rolling
+  update without unavailability, selectors that match, gateway wired to the model server).
+`helm template` + kubeconform, and a real Flux on kind, run in .github/workflows/ as well.
 """
 
 from __future__ import annotations
@@ -27,7 +31,9 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from functools import cache
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import jsonschema
@@ -497,3 +503,246 @@ def test_chart_lints_for_every_environment(gitops_tree, tmp_path):
     tpl = broken / "templates" / "model-server-service.yaml"
     tpl.write_text(tpl.read_text().replace("{{- end }}", "{{- end }}\n{{ .Values.nope.deeper }}", 1))
     assert any(s == 3 and p.startswith("templates") for s, p in _lint(broken))
+
+
+# ------------------------------------------------------------------------------------------- helm render
+
+_API_GROUPS = {
+    "v1": [
+        ("secrets", "Secret"),
+        ("configmaps", "ConfigMap"),
+        ("services", "Service"),
+        ("serviceaccounts", "ServiceAccount"),
+    ],
+    "apps/v1": [("deployments", "Deployment")],
+    "autoscaling/v2": [("horizontalpodautoscalers", "HorizontalPodAutoscaler")],
+    "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget")],
+    "monitoring.coreos.com/v1": [("servicemonitors", "ServiceMonitor")],
+}
+
+
+class _FakeKubeAPI(BaseHTTPRequestHandler):
+    """Just enough of a kube-apiserver for `helm install` to render and "apply": version + discovery, nothing
+    exists (404), creates and updates are echoed. Helm's release record comes as protobuf: answered, not read."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def log_message(self, *args):
+        pass
+
+    def _send(self, code: int, doc: dict) -> None:
+        data = json.dumps(doc).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _handle(self) -> None:
+        path = self.path.split("?")[0]
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if path == "/version":
+            return self._send(200, {"major": "1", "minor": "32", "gitVersion": "v1.32.0", "platform": "linux/amd64"})
+        if path == "/api":
+            return self._send(200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})
+        if path == "/apis":
+            groups = [gv for gv in _API_GROUPS if "/" in gv]
+            return self._send(
+                200,
+                {
+                    "kind": "APIGroupList",
+                    "apiVersion": "v1",
+                    "groups": [
+                        {
+                            "name": gv.split("/")[0],
+                            "versions": [{"groupVersion": gv, "version": gv.split("/")[1]}],
+                            "preferredVersion": {"groupVersion": gv, "version": gv.split("/")[1]},
+                        }
+                        for gv in groups
+                    ],
+                },
+            )
+        for gv, resources in _API_GROUPS.items():
+            if path == ("/api/v1" if gv == "v1" else f"/apis/{gv}"):
+                verbs = ["create", "delete", "get", "list", "patch", "update", "watch"]
+                return self._send(
+                    200,
+                    {
+                        "kind": "APIResourceList",
+                        "apiVersion": "v1",
+                        "groupVersion": gv,
+                        "resources": [
+                            {"name": n, "singularName": "", "namespaced": True, "kind": k, "verbs": verbs}
+                            for n, k in resources
+                        ],
+                    },
+                )
+        m = re.match(r"^/(?:api/v1|apis/[^/]+/[^/]+)/namespaces/([^/]+)/([^/]+)(?:/([^/]+))?$", path)
+        if m and self.command == "GET" and m.group(3):
+            return self._send(
+                404,
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "status": "Failure",
+                    "reason": "NotFound",
+                    "code": 404,
+                    "details": {"name": m.group(3), "kind": m.group(2)},
+                },
+            )
+        if m and self.command == "GET":
+            return self._send(200, {"kind": "List", "apiVersion": "v1", "metadata": {}, "items": []})
+        if m and self.command in ("POST", "PUT", "PATCH"):
+            if "protobuf" in self.headers.get("Content-Type", ""):
+                name = re.search(rb"sh\.helm\.release\.v1\.[A-Za-z0-9.-]+", body)
+                obj = {
+                    "kind": "Secret",
+                    "apiVersion": "v1",
+                    "metadata": {"name": name.group(0).decode() if name else "release", "namespace": m.group(1)},
+                }
+            else:
+                obj = json.loads(body)
+            obj.setdefault("metadata", {}).update(resourceVersion="1", uid="00000000-0000-0000-0000-000000000001")
+            return self._send(201 if self.command == "POST" else 200, obj)
+        return self._send(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404})
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+
+@pytest.fixture(scope="module")
+def helm_render(tmp_path_factory):
+    """render(values, release) -> the objects Helm renders for the chart with ``values`` (Helm merges them over
+    the chart's defaults and validates them against values.schema.json, as for a Flux HelmRelease)."""
+    helm_sdkpy = pytest.importorskip("helm_sdkpy", reason="helm-sdkpy is not installed (see docs/cluster.md)")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeKubeAPI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    kubeconfig = tmp_path_factory.mktemp("kube") / "config"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "fake",
+                "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{server.server_address[1]}"}}],
+                "users": [{"name": "fake", "user": {"token": "x"}}],
+                "contexts": [
+                    {"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": "ct-serving"}}
+                ],
+            }
+        )
+    )
+
+    def render(values: dict, release: str = "fraud-detector-ct-serving") -> list[dict]:
+        async def run():
+            config = helm_sdkpy.Configuration(namespace="ct-serving", kubeconfig=str(kubeconfig))
+            return await helm_sdkpy.Install(config).run(release, str(CHART), values=values, wait=False, timeout=60)
+
+        return yaml_load_all(asyncio.run(run()).get("manifest") or "")
+
+    yield render
+    server.shutdown()
+    server.server_close()
+
+
+def _deployed_values(gitops_tree: Path) -> dict[str, dict]:
+    out = {}
+    for where, text in sorted(env_values(gitops_tree).items()):
+        model = yaml_load(text)["model"]["name"]
+        out[where] = yaml_load(bump(text, _bento(model, "4")))
+    return out
+
+
+def test_nothing_is_deployed_while_the_values_name_no_model(gitops_tree, helm_render):
+    for where, text in env_values(gitops_tree).items():
+        assert helm_render(yaml_load(text)) == [], where
+
+
+def test_rendered_chart_validates_for_every_environment(gitops_tree, helm_render):
+    for where, values in _deployed_values(gitops_tree).items():
+        objs = helm_render(values)
+        kinds = sorted(o["kind"] for o in objs)
+        assert kinds == sorted(
+            [
+                "ServiceAccount",
+                "Secret",
+                "ConfigMap",
+                "Service",
+                "Service",
+                "Deployment",
+                "Deployment",
+                "HorizontalPodAutoscaler",
+                "HorizontalPodAutoscaler",
+                "PodDisruptionBudget",
+                "PodDisruptionBudget",
+            ]
+        ), where
+        assert [p for o in objs for p in validate_object(o)] == [], where
+    monitored = helm_render(merge(values, {"serviceMonitor": {"enabled": True}}))
+    (sm,) = [o for o in monitored if o["kind"] == "ServiceMonitor"]
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1" and sm["spec"]["endpoints"][0]["path"] == "/metrics"
+
+
+def test_rendered_workloads_keep_the_chart_promises(gitops_tree, helm_render):
+    values = _deployed_values(gitops_tree)[
+        "staging/" + next(k.split("/")[1] for k in env_values(gitops_tree) if k.startswith("staging/"))
+    ]
+    objs = helm_render(values)
+    by = {(o["kind"], o["metadata"]["name"]): o for o in objs}
+    ms = by[("Deployment", "fraud-detector-ct-serving-model-server")]
+    gw = by[("Deployment", "fraud-detector-ct-serving-gateway")]
+    (ms_c,), (gw_c,) = ms["spec"]["template"]["spec"]["containers"], gw["spec"]["template"]["spec"]["containers"]
+    assert ms_c["image"] == f"ghcr.io/ct-pipeline/fraud-detector@{DIGEST}"  # pinned by digest
+    assert (
+        ms_c["readinessProbe"]["httpGet"]["path"] == "/readyz" and ms_c["livenessProbe"]["httpGet"]["path"] == "/livez"
+    )
+    assert (
+        gw_c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        and gw_c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    )
+    assert ms_c["ports"][0]["containerPort"] == 3000
+    for dep, container in ((ms, ms_c), (gw, gw_c)):
+        spec = dep["spec"]
+        assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+        assert "replicas" not in spec  # the HPA owns the count (minReplicas = the values' replicas)
+        pod = spec["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["seccompProfile"]
+        sc = container["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+        assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+        labels = spec["template"]["metadata"]["labels"]
+        assert spec["selector"]["matchLabels"].items() <= labels.items()
+        name = dep["metadata"]["name"]
+        assert by[("Service", name)]["spec"]["selector"].items() <= labels.items()
+        assert by[("PodDisruptionBudget", name)]["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        hpa = by[("HorizontalPodAutoscaler", name)]["spec"]
+        assert hpa["scaleTargetRef"]["name"] == name and hpa["minReplicas"] == 2
+        assert spec["template"]["metadata"]["annotations"]["ct-pipeline.io/model-version"] == "4"
+    cm = by[("ConfigMap", "fraud-detector-ct-serving-gateway")]["data"]
+    svc = by[("Service", "fraud-detector-ct-serving-model-server")]["spec"]["ports"][0]["port"]
+    assert cm["CT_GATEWAY_UPSTREAM_URL"] == f"http://fraud-detector-ct-serving-model-server:{svc}"
+    assert cm["CT_GATEWAY_MAX_ROWS"] == "1000"
+    assert gw_c["envFrom"][0]["configMapRef"]["name"] == "fraud-detector-ct-serving-gateway"
+
+    by_tag = {o["kind"] + o["metadata"]["name"]: o for o in helm_render(merge(values, {"image": {"digest": ""}}))}
+    image = by_tag["Deploymentfraud-detector-ct-serving-model-server"]["spec"]["template"]["spec"]["containers"][0]
+    assert image["image"] == "ghcr.io/ct-pipeline/fraud-detector:v4"
+    fixed = helm_render(merge(values, {"modelServer": {"autoscaling": {"enabled": False}, "replicas": 3}}))
+    dep = next(
+        o
+        for o in fixed
+        if o["metadata"]["name"] == "fraud-detector-ct-serving-model-server" and o["kind"] == "Deployment"
+    )
+    assert dep["spec"]["replicas"] == 3
+    old = gw["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    resettled = helm_render(merge(values, {"gateway": {"settings": {"max_rows": 10}}}))
+    new_gw = next(o for o in resettled if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("gateway"))
+    assert new_gw["spec"]["template"]["metadata"]["annotations"]["checksum/config"] != old  # settings roll pods
+
+
+def test_helm_itself_rejects_bad_values_naming_the_path(gitops_tree, helm_render):
+    values = next(iter(_deployed_values(gitops_tree).values()))
+    with pytest.raises(Exception, match=r"modelServer[./]replicas"):
+        helm_render(merge(values, {"modelServer": {"replicas": "two"}}))
+    with pytest.raises(Exception, match=r"image[./]digest"):
+        helm_render(merge(values, {"image": {"digest": "sha256:1234"}}))
