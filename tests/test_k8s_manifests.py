@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -224,7 +225,8 @@ def test_references_between_objects_resolve(gitops_tree, env):
         for dep in spec.get("dependsOn", []):
             assert has("Kustomization", dep.get("namespace", ns), dep["name"])
         if ks["metadata"]["name"] != "flux-system":
-            assert spec["prune"] and spec["wait"] and spec["timeout"] and spec["retryInterval"]
+            assert spec["prune"] and spec["timeout"] and spec["retryInterval"]
+    assert index[("Kustomization", "flux-system", "apps")]["spec"]["wait"] is True  # Ready = every release Ready
     assert {d["name"] for d in index[("Kustomization", "flux-system", "apps")]["spec"]["dependsOn"]} == {
         "infrastructure"
     }
@@ -718,6 +720,10 @@ def test_rendered_workloads_keep_the_chart_promises(gitops_tree, helm_render):
         hpa = by[("HorizontalPodAutoscaler", name)]["spec"]
         assert hpa["scaleTargetRef"]["name"] == name and hpa["minReplicas"] == 2
         assert spec["template"]["metadata"]["annotations"]["ct-pipeline.io/model-version"] == "4"
+    (init,) = gw["spec"]["template"]["spec"]["initContainers"]  # waits for the new model before starting
+    init_env = {e["name"]: e.get("value") for e in init["env"]}
+    assert (init_env["CT_EXPECTED_VERSION"], init_env["CT_EXPECTED_RUN_ID"]) == ("4", "4f3c0ffee")
+    assert init["image"] == gw_c["image"] and init["envFrom"] == gw_c["envFrom"]
     cm = by[("ConfigMap", "fraud-detector-ct-serving-gateway")]["data"]
     svc = by[("Service", "fraud-detector-ct-serving-model-server")]["spec"]["ports"][0]["port"]
     assert cm["CT_GATEWAY_UPSTREAM_URL"] == f"http://fraud-detector-ct-serving-model-server:{svc}"
@@ -746,3 +752,40 @@ def test_helm_itself_rejects_bad_values_naming_the_path(gitops_tree, helm_render
         helm_render(merge(values, {"modelServer": {"replicas": "two"}}))
     with pytest.raises(Exception, match=r"image[./]digest"):
         helm_render(merge(values, {"image": {"digest": "sha256:1234"}}))
+
+
+def test_the_gateway_init_container_waits_for_the_new_model(gitops_tree, helm_render):
+    """Run the rendered wait-for-model script against a stand-in model server: it passes once the server
+    answers with the expected version N times in a row, and gives up (non-zero) when it never does."""
+    values = next(iter(_deployed_values(gitops_tree).values()))
+    objs = helm_render(merge(values, {"gateway": {"waitForModel": {"consecutive": 3, "timeoutSeconds": 3}}}))
+    gw = next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-gateway"))
+    (init,) = gw["spec"]["template"]["spec"]["initContainers"]
+    env = {e["name"]: e["value"] for e in init["env"]}
+    answers = {"version": "3", "run_id": "old"}
+
+    class Metadata(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            data = json.dumps(answers).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Metadata)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env["CT_GATEWAY_UPSTREAM_URL"] = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        cmd = [sys.executable, *init["command"][1:], *init["args"]]
+        stale = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=30)
+        assert stale.returncode != 0 and "did not serve only version 4" in stale.stderr
+        answers.update(version="4", run_id="4f3c0ffee")
+        fresh = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=30)
+        assert fresh.returncode == 0, fresh.stderr
+    finally:
+        server.shutdown()
+        server.server_close()
