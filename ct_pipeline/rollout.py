@@ -410,7 +410,8 @@ class LocalRuntime:
         raise RolloutError(f"{what} not ready at {url} after {timeout:.0f}s; log {log}:\n{_log_tail(log)}")
 
     def _start_model_server(self, desired: DeployedModel, bento_tag: str, taken: set[int]) -> ProcessInfo:
-        port = free_port(self.host, self.settings.model_server_base_port, taken)
+        # never the gateway port: that one is reserved for the first gateway
+        port = free_port(self.host, self.settings.model_server_base_port, taken | {self.settings.gateway_port})
         log = self.logs / f"{desired.model}-model-server-{port}.log"
         env = {
             **os.environ,
@@ -441,6 +442,7 @@ class LocalRuntime:
         return resp.json()
 
     def _start_gateway(self, model: str, upstream: str, token: str, taken: set[int], port: int | None) -> ProcessInfo:
+        """Start a gateway on ``port`` (default: the configured gateway port, unless another model's has it)."""
         port = port or self.settings.gateway_port
         if port in taken or not _port_free(self.host, port):
             if port == self.settings.gateway_port and port not in taken:
@@ -536,9 +538,10 @@ class LocalRuntime:
                 else:
                     if current is not None and current.gateway is not None:
                         stop_process_group(current.gateway.pid, self.GATEWAY_MARK, timeout=10)
-                    old_port = current.gateway.port if current and current.gateway else self.settings.gateway_port
-                    taken.discard(old_port)
-                    gateway = self._start_gateway(desired.model, server.url, token, taken, old_port)
+                    own_port = current.gateway.port if current and current.gateway else None
+                    if own_port is not None:
+                        taken.discard(own_port)  # reuse this model's gateway port once its old gateway is gone
+                    gateway = self._start_gateway(desired.model, server.url, token, taken, own_port)
                     data["tokens"][desired.model] = token
                     message = f"gateway started on {gateway.url}"
             except Exception:

@@ -18,6 +18,7 @@ from test_serving_support import (
     make_decision,
     make_spec,
     register_model,
+    register_regressor,
     shared_bento_home,
 )
 
@@ -71,6 +72,12 @@ def env(tmp_path_factory):
             version, run_id, model = register_model(spec.name, seed=seed, C=c)
             bento = build_bento(spec, make_decision(spec.name, version, run_id), settings)
             versions[version] = (bento, model)
+        regression = make_spec(name="house-price", task="regression", metric={"name": "rmse"})
+        version, run_id, model = register_regressor(regression.name)
+        versions["house-price"] = (
+            build_bento(regression, make_decision(regression.name, version, run_id), settings),
+            model,
+        )
         try:
             yield settings, versions
         finally:
@@ -169,7 +176,7 @@ def test_switch_to_v2_under_load_drops_nothing(env):
     sample = rows(3, seed=11)
     import pandas as pd
 
-    expected = {v: list(m.predict_proba(pd.DataFrame(sample)[FEATURES])[:, 1]) for v, (_, m) in versions.items()}
+    expected = {v: list(versions[v][1].predict_proba(pd.DataFrame(sample)[FEATURES])[:, 1]) for v in ("1", "2")}
     wrong: list[dict] = []
 
     def hammer():
@@ -237,14 +244,39 @@ def test_repair_after_gateway_crash(env):
     assert httpx.post(f"{after.gateway_url}/predict", json={"rows": rows(1)}, timeout=30).json()["version"] == "2"
 
 
+def test_two_models_side_by_side_including_regression(env):
+    """State is keyed by model: each model gets its own model server and gateway (the first on gateway_port)."""
+    settings, versions = env
+    fraud, _ = versions["2"]
+    house, regressor = versions["house-price"]
+    states = {s.model: s for s in reconcile(settings, [desired(fraud), desired(house)])}
+    assert states["fraud-detector"].action == "unchanged" and states["house-price"].action == "started"
+    assert states["fraud-detector"].gateway.port == settings.gateway_port
+    assert states["house-price"].gateway.port != settings.gateway_port
+
+    sample = rows(4, seed=3)
+    body = httpx.post(f"{states['house-price'].gateway_url}/predict", json={"rows": sample}, timeout=30).json()
+    assert (body["model"], body["version"]) == ("house-price", house.version)
+    import pandas as pd
+
+    assert body["predictions"] == pytest.approx(list(regressor.predict(pd.DataFrame(sample)[FEATURES])), abs=1e-6)
+    fraud_body = httpx.post(f"{states['fraud-detector'].gateway_url}/predict", json={"rows": sample}, timeout=30)
+    assert fraud_body.json()["model"] == "fraud-detector"
+    assert {s.model for s in status(settings) if s.healthy} == {"fraud-detector", "house-price"}
+
+
 def test_stop_all_leaves_no_processes(env):
     settings, _ = env
-    [st] = status(settings)
-    processes = {st.model_server.pid, st.gateway.pid} | _descendants(st.model_server.pid)
+    served = status(settings)
+    assert {s.model for s in served} == {"fraud-detector", "house-price"}
+    processes = set()
+    for st in served:
+        processes |= {st.model_server.pid, st.gateway.pid} | _descendants(st.model_server.pid)
     stopped = stop_all(settings)
-    assert [s.model for s in stopped] == ["fraud-detector"]
+    assert {s.model for s in stopped} == {"fraud-detector", "house-price"}
     assert not [pid for pid in processes if pid_alive(pid)]
-    assert not _live_members(st.model_server.pid) and not _live_members(st.gateway.pid)
+    for st in served:
+        assert not _live_members(st.model_server.pid) and not _live_members(st.gateway.pid)
     assert status(settings) == [] and stop_all(settings) == []
     assert LocalRuntime(settings).state_path.is_file()
 

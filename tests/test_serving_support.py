@@ -107,3 +107,24 @@ def make_decision(model: str, version: str, run_id: str, data_hash: str = "sha25
         decided_at=datetime.now(UTC),
         snapshot=snapshot,
     )
+
+
+def register_regressor(name: str = "house-price", seed: int = 0):
+    """A tiny LinearRegression (pyfunc predict -> (n,)), logged + registered; returns (version, run_id, model)."""
+    import mlflow
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import LinearRegression
+
+    x, _ = frame(seed=seed)
+    y = 3.0 * x["amount"] - 0.5 * x["n_tx"] + 10.0
+    model = LinearRegression().fit(x, y)
+    mlflow.set_experiment(name)
+    with mlflow.start_run() as run:
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            registered_model_name=name,
+            signature=infer_signature(x, model.predict(x)),
+            pip_requirements=["scikit-learn", "pandas"],
+        )
+    return str(info.registered_model_version), run.info.run_id, model
