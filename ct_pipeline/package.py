@@ -147,8 +147,8 @@ def _check_model_version(spec: ModelSpec, version: str):
         return MlflowClient().get_model_version(name, str(version))
     except MlflowException as exc:
         raise PackageError(
-            f"model version {name!r} version {version!r} not found in the MLflow registry "
-            f"({MlflowClient().tracking_uri}): {exc.message if hasattr(exc, 'message') else exc}"
+            f"registered model {name!r} version {version!r} not found in the MLflow registry "
+            f"({MlflowClient().tracking_uri}): {getattr(exc, 'message', exc)}"
         ) from None
 
 

@@ -104,7 +104,7 @@ def test_build_bento_for_real(pkg_settings):
 def test_unknown_version_names_it(pkg_settings):
     spec = make_spec()
     register_model(spec.name)
-    with pytest.raises(PackageError, match=r"model version 'fraud-detector' version '99' not found"):
+    with pytest.raises(PackageError, match=r"registered model 'fraud-detector' version '99' not found"):
         build_bento(spec, make_decision(spec.name, "99", "0" * 32), pkg_settings)
 
 
