@@ -2,6 +2,7 @@
 (vega_datasets' Seattle weather, 2012-2015), and the SQL source against the machine's real PostgreSQL."""
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,3 +144,30 @@ def test_sql_source_on_postgres(settings):
         with engine.begin() as conn:
             conn.execute(sa.text(f"DROP TABLE {table}"))
         engine.dispose()
+
+
+def test_user_function_candidate(settings, weather_csv, monkeypatch):
+    """The Railyard contract: `module:function` with train(train_df, params) -> fitted model."""
+    import mlflow
+
+    from ct_pipeline.train import TrainingError
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    data = weather_spec(weather_csv).model_dump()
+    data["candidates"] = [
+        {"name": "mine", "kind": "function", "function": "user_models:train_scaled_ridge", "params": {"alpha": 2.0}}
+    ]
+    spec = parse_spec(data)
+    snapshot = step_pull(spec, settings, datetime(2015, 7, 1, tzinfo=UTC))
+    [result] = step_train(spec, settings, snapshot).candidates
+    assert result.kind == "function" and result.metrics["rmse"] < 6
+    loaded = mlflow.pyfunc.load_model(result.model_uri)
+    frame = __import__("pandas").read_parquet(snapshot.path)[FEATURES].astype("float64").head(3)
+    assert loaded.predict(frame).shape == (3,)
+
+    data["candidates"][0]["function"] = "user_models:train_returns_nothing_useful"
+    with pytest.raises(TrainingError, match="returned a model without predict"):
+        step_train(parse_spec(data), settings, snapshot)
+    data["candidates"][0]["function"] = "user_models:no_such_function"
+    with pytest.raises(TrainingError, match="cannot be imported"):
+        step_train(parse_spec(data), settings, snapshot)
