@@ -25,7 +25,9 @@ from ct_pipeline.records import BentoRef, GateDecision
 from ct_pipeline.settings import Settings, configure_environment
 from ct_pipeline.spec import ModelSpec
 
-SERVICE_SOURCE = Path(__file__).resolve().parents[1] / "serving" / "model_service" / "service.py"
+# serving/ is a deployable of its own, next to the package in the repo (CTPIPE_SERVING_DIR overrides).
+SERVING_DIR = Path(os.environ.get("CTPIPE_SERVING_DIR") or Path(__file__).resolve().parents[1] / "serving")
+SERVICE_SOURCE = SERVING_DIR / "model_service" / "service.py"
 SERVICE_MODULE = "service"
 SERVICE_CLASS = "CTModelService"
 SERVICE_IMPORT = f"{SERVICE_MODULE}:{SERVICE_CLASS}"
