@@ -783,7 +783,8 @@ def test_the_gateway_init_container_waits_for_the_new_model(gitops_tree, helm_re
     env["CT_GATEWAY_UPSTREAM_URL"] = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         cmd = [sys.executable, *init["command"][1:], *init["args"]]
-        stale = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=30)
+        stale_env = {**os.environ, **env, "CT_WAIT_TIMEOUT": "1"}
+        stale = subprocess.run(cmd, env=stale_env, capture_output=True, text=True, timeout=30)
         assert stale.returncode != 0 and "did not serve only version 4" in stale.stderr
         answers.update(version="4", run_id="4f3c0ffee")
         fresh = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True, timeout=30)
