@@ -32,7 +32,11 @@ def _resolve(path: str, settings: Settings) -> Path:
 
 
 def _required_columns(spec: ModelSpec) -> list[str]:
-    return [spec.data.time_column, *spec.data.features, spec.data.target]
+    """Time, features, target, and the gate's slice columns (which need not be features)."""
+    columns = [spec.data.time_column, *spec.data.features, spec.data.target]
+    if spec.gate.slices:
+        columns += [c for c in spec.gate.slices.columns if c not in columns]
+    return columns
 
 
 def _check_columns(available: list[str], spec: ModelSpec, where: str) -> None:

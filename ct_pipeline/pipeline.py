@@ -69,8 +69,11 @@ def step_gate(
     from ct_pipeline.gate import evaluate, record_decision
 
     registry = registry_for(settings)
-    decision = evaluate(spec, trained, registry, force=force, force_reason=force_reason, forced_by=forced_by)
-    record_decision(spec, decision, registry, settings.tracking_uri)
+    plots: dict[str, bytes] = {}
+    decision = evaluate(
+        spec, trained, registry, force=force, force_reason=force_reason, forced_by=forced_by, plot_sink=plots
+    )
+    record_decision(spec, decision, registry, settings.tracking_uri, plots=plots)
     return decision
 
 
@@ -84,7 +87,30 @@ def step_package(spec: ModelSpec, settings: Settings, decision: GateDecision) ->
 def step_promote(spec: ModelSpec, settings: Settings, decision: GateDecision, bento: BentoRef) -> PromotionRecord:
     from ct_pipeline.promote import promote
 
-    return promote(spec, decision, bento, settings, publisher=publisher_for(spec, settings))
+    configure_environment(settings)
+    return promote(
+        spec, decision, bento, settings, publisher=publisher_for(spec, settings), extra_files=evidence_files(decision)
+    )
+
+
+def evidence_files(decision: GateDecision) -> dict[str, bytes]:
+    """The gate's plots, fetched from the challenger's MLflow run, to sit next to the manifest change."""
+    import tempfile
+    from pathlib import Path
+
+    import mlflow
+
+    from ct_pipeline.gitops import promotion_id
+
+    files = {}
+    folder = f"promotions/{promotion_id(decision.model, decision.challenger.version)}"
+    with tempfile.TemporaryDirectory() as tmp:
+        for artifact in decision.plots:
+            local = mlflow.artifacts.download_artifacts(
+                run_id=decision.challenger.run_id, artifact_path=artifact, dst_path=tmp
+            )
+            files[f"{folder}/{Path(artifact).name}"] = Path(local).read_bytes()
+    return files
 
 
 def run_pipeline(

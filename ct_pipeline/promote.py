@@ -65,6 +65,14 @@ def _fmt(value: float | None, signed: bool = False) -> str:
     return f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f} ms"
+
+
+def _mb(value: int | None) -> str:
+    return "—" if value is None else f"{value / 1e6:.2f} MB"
+
+
 def _when(value: datetime) -> str:
     return value.isoformat(sep=" ", timespec="minutes")
 
@@ -83,6 +91,7 @@ def render_body(
     base_commit: str | None = None,
     changes: list[tuple[str, str | None, str]] | None = None,
     code_sha: str | None = None,
+    attachments: list[str] | None = None,
 ) -> str:
     """The markdown body of a promotion: why, champion vs challenger, gate checks, lineage, the change."""
     env = spec.gitops.environment
@@ -103,8 +112,36 @@ def render_body(
         f"| `{decision.metric}` ({arrow}) | {_fmt(champion.metric if champion else None)} "
         f"| {_fmt(challenger.metric)} | {delta} |",
         f"| MLflow run | {_short(champion.run_id if champion else None)} | {_short(challenger.run_id)} | |",
-        "",
     ]
+    if decision.latency_p95_ms is not None:
+        lines.append(
+            f"| Single-row latency p95 | {_ms(decision.champion_latency_p95_ms)} | {_ms(decision.latency_p95_ms)} | |"
+        )
+    if decision.model_size_bytes is not None:
+        lines.append(f"| Model size | {_mb(decision.champion_model_size_bytes)} | {_mb(decision.model_size_bytes)} | |")
+    if decision.holdout_rows:
+        lines.append(f"| Holdout rows (same for both) | {decision.holdout_rows:,} | {decision.holdout_rows:,} | |")
+    lines.append("")
+    if decision.slices:
+        lines += [
+            f"**Per slice** (`{decision.metric}`; judged slices may lose at most "
+            f"{spec.gate.slices.max_degradation if spec.gate.slices else 0:.4f})",
+            "",
+            "| Slice | Rows | Champion | Challenger | Delta | Result |",
+            "|---|---|---|---|---|---|",
+        ]
+        for s in decision.slices:
+            result = ("✅" if s.passed else "❌") if s.judged else f"➖ {s.note}"
+            lines.append(
+                f"| {s.column}={s.value} | {s.rows:,} | {_fmt(s.champion_metric)} | {_fmt(s.challenger_metric)} "
+                f"| {_fmt(s.delta, signed=True)} | {result} |"
+            )
+        lines.append("")
+    if attachments:
+        # Links are relative to PR.md, which sits in the same folder on the promotion branch.
+        lines += ["**Evidence plots** (on the promotion branch)", ""]
+        lines += [f"- [{Path(a).name}]({Path(a).name}) — `{a}`" for a in attachments]
+        lines.append("")
     deployed_text = f"v{deployed.version}" if deployed else "nothing"
     at = f" ({base_branch} @ {_short(base_commit)})" if base_commit else f" ({base_branch})"
     note = ""
@@ -222,6 +259,7 @@ def promote(
             base_commit=base_commit,
             changes=changed_values(current, new_text),
             code_sha=code_sha,
+            attachments=sorted(extra),
         )
         record = PromotionRecord(
             id=pid,

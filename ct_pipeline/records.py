@@ -61,6 +61,21 @@ class GateCheck(Record):
     judged: bool = True
 
 
+class SliceResult(Record):
+    """Champion vs challenger on the rows of one slice (column == value) of the holdout."""
+
+    column: str
+    value: str
+    rows: int
+    positives: int | None = None
+    champion_metric: float | None = None
+    challenger_metric: float | None = None
+    delta: float | None = Field(default=None, description="Improvement of the challenger; negative = worse")
+    judged: bool
+    passed: bool
+    note: str = ""
+
+
 class GateDecision(Record):
     model: str
     promote: bool
@@ -78,6 +93,13 @@ class GateDecision(Record):
     force_reason: str | None = None
     decided_at: datetime
     snapshot: WindowSnapshot
+    holdout_rows: int | None = None
+    slices: list[SliceResult] = Field(default_factory=list)
+    latency_p95_ms: float | None = Field(default=None, description="Challenger, single-row predict, p95")
+    champion_latency_p95_ms: float | None = None
+    model_size_bytes: int | None = None
+    champion_model_size_bytes: int | None = None
+    plots: list[str] = Field(default_factory=list, description="PNG artifact paths in the challenger's MLflow run")
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -137,3 +159,23 @@ class DeployedModel(Record):
     image_tag: str | None = None
     image_digest: str | None = None
     commit: str | None = Field(default=None, description="Commit of the base branch the manifest was read at")
+
+
+SCHEMAS = {"gate-decision": GateDecision, "promotion-record": PromotionRecord}
+
+
+def write_schemas(directory) -> list[str]:
+    """Regenerate schemas/*.schema.json from the records (`python -m ct_pipeline.records`)."""
+    import json
+    from pathlib import Path
+
+    written = []
+    for name, model in SCHEMAS.items():
+        path = Path(directory) / f"{name}.schema.json"
+        path.write_text(json.dumps(model.model_json_schema(mode="serialization"), indent=2, sort_keys=True) + "\n")
+        written.append(str(path))
+    return written
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print("\n".join(write_schemas("schemas")))

@@ -126,6 +126,14 @@ class MetricSpec(Strict):
         return self.direction or next(d for m in _METRICS.values() for n, d in m.items() if n == self.name)
 
 
+class SliceGateSpec(Strict):
+    columns: list[str] = Field(min_length=1, description="Columns whose values define slices (categorical-like).")
+    max_degradation: float = Field(default=0.02, ge=0.0, description="Largest allowed loss of the metric per slice.")
+    min_rows: int = Field(default=200, ge=1, description="Smaller slices are reported, not judged.")
+    min_positives: int = Field(default=10, ge=1, description="Classification: fewer positives -> not judged.")
+    max_values: int = Field(default=20, ge=1, le=200, description="A column with more distinct values is refused.")
+
+
 class GateSpec(Strict):
     mode: Literal["superiority", "non_inferiority"] = "superiority"
     min_improvement: float = Field(default=0.0, ge=0.0, description="Required gain of the primary metric.")
@@ -133,6 +141,10 @@ class GateSpec(Strict):
     confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
     bootstrap_resamples: int = Field(default=1000, ge=100, le=100_000)
     seed: int = 0
+    slices: SliceGateSpec | None = None
+    max_latency_p95_ms: float | None = Field(default=None, gt=0, description="Single-row predict latency limit.")
+    latency_samples: int = Field(default=200, ge=20, le=10_000)
+    max_model_size_mb: float | None = Field(default=None, gt=0)
 
 
 class GitOpsSpec(Strict):
@@ -158,6 +170,10 @@ class ModelSpec(Strict):
         names = [c.name for c in self.candidates]
         if len(set(names)) != len(names):
             raise ValueError(f"candidate names must be unique, got {names}")
+        if self.gate.slices:
+            clash = set(self.gate.slices.columns) & {self.data.target, self.data.time_column}
+            if clash:
+                raise ValueError(f"gate.slices.columns must not include the target or time column: {sorted(clash)}")
         allowed = _METRICS[self.task]
         if self.metric.name not in allowed:
             raise ValueError(

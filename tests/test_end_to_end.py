@@ -118,6 +118,16 @@ def test_loop_end_to_end(env):
     second = next(p for p in promotions(env) if p["status"] == "open")
     version_b = second["version"]
     assert version_b != version_a and "forced by" in second["body"]
+    # The PR body carries the evidence: the champion-vs-challenger table, lineage, and plots on the branch.
+    assert f"| Version | v{version_a} | **v{version_b}** |" in second["body"]
+    assert "| `roc_auc` (↑ higher is better) |" in second["body"] and "CI" in second["body"]
+    assert "**Lineage**" in second["body"] and "content hash `sha256:" in second["body"]
+    on_branch = sh(
+        env, "git", "--git-dir", f"{env['CTPIPE_HOME']}/gitops.git", "ls-tree", "-r", "--name-only", second["branch"]
+    ).split()
+    folder = f"promotions/fraud-detector/v{version_b}"
+    assert {f"{folder}/curves.png", f"{folder}/delta_by_slice.png", f"{folder}/PR.md"} <= set(on_branch)
+    assert "[curves.png](curves.png)" in second["body"]
     ctpipe(env, "promotions", "merge", second["id"])
     ctpipe(env, "reconcile")
     assert str(predict(env)["version"]) == version_b

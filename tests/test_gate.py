@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.special import expit, logit
 
 from ct_pipeline.gate import decide, evaluate, paired_bootstrap
 from ct_pipeline.metrics import metric
@@ -161,7 +162,7 @@ def trained(tmp_path):
         features=["f"],
     )
     holdout = slice(n // 2, n)
-    scores = {"1": weak[holdout], "2": strong[holdout]}
+    scores = {"1": expit(weak[holdout]), "2": expit(strong[holdout])}  # probabilities, as predict_proba gives
     result = TrainResult(
         model="m",
         snapshot=snapshot,
@@ -222,3 +223,96 @@ def test_champion_that_cannot_load_blocks(trained):
     assert not decision.promote
     assert "champion v1 cannot be loaded" in decision.reason
     assert decision.decided_at <= datetime.now(UTC)
+
+
+# --- guardrails -------------------------------------------------------------------------------------------
+
+
+def with_gate(spec, **gate):
+    data = spec.model_dump()
+    data["gate"].update(gate)
+    return parse_spec(data)
+
+
+def test_slice_regression_hidden_by_a_better_average_is_not_promoted(trained, tmp_path):
+    """The challenger wins overall but is much worse on one slice: the gate names that slice."""
+    spec, result, scores = trained
+    frame = pd.read_parquet(result.snapshot.path)
+    n = len(frame)
+    rng = np.random.default_rng(11)
+    frame["segment"] = rng.choice(["a", "b", "c", "d"], size=n, p=[0.4, 0.3, 0.2, 0.1])
+    frame.to_parquet(result.snapshot.path)
+    holdout_segment = frame["segment"].to_numpy()[n // 2 :]
+    broken = scores["2"].copy()
+    in_d = holdout_segment == "d"
+    # On segment d the challenger is the champion plus noise: clearly worse there, still better overall.
+    broken[in_d] = expit(logit(scores["1"][in_d]) + rng.normal(scale=1.5, size=int(in_d.sum())))
+    spec = with_gate(spec, slices={"columns": ["segment"], "max_degradation": 0.02, "min_rows": 50, "min_positives": 5})
+    decision = evaluate(spec, result, FakeRegistry({"1": scores["1"], "2": broken}, champion="1"))
+    assert decision.delta > 0  # better on average...
+    assert not decision.promote  # ...but not promoted
+    assert decision.reason.startswith("slices failed: slice segment=d:")
+    by_value = {s.value: s for s in decision.slices}
+    assert not by_value["d"].passed and by_value["d"].delta < -0.02
+    assert all(by_value[v].passed for v in "abc")
+
+
+def test_small_slices_are_reported_not_judged(trained):
+    spec, result, scores = trained
+    frame = pd.read_parquet(result.snapshot.path)
+    frame["segment"] = np.where(np.arange(len(frame)) % 100 == 0, "tiny", "big")
+    frame.to_parquet(result.snapshot.path)
+    spec = with_gate(spec, slices={"columns": ["segment"], "min_rows": 200})
+    decision = evaluate(spec, result, FakeRegistry(scores, champion="1"))
+    tiny = next(s for s in decision.slices if s.value == "tiny")
+    assert not tiny.judged and "rows < min_rows 200" in tiny.note
+    assert decision.promote
+
+
+@pytest.mark.parametrize(
+    ("bad", "expected"),
+    [(np.nan, "NaN/inf predictions"), ("constant", "constant predictions")],
+)
+def test_broken_predictions_block_even_the_first_promotion(trained, bad, expected):
+    spec, result, scores = trained
+    broken = scores["2"].copy()
+    if bad == "constant":
+        broken[:] = 0.3
+    else:
+        broken[::7] = bad
+    decision = evaluate(spec, result, FakeRegistry({"1": scores["1"], "2": broken}, champion=None))
+    assert not decision.promote
+    assert decision.reason.startswith("predictions failed:") and expected in decision.reason
+
+
+def test_latency_and_size_limits(trained):
+    spec, result, scores = trained
+
+    class SlowModel(FakeModel):
+        metadata = type("Meta", (), {"model_size_bytes": 5_000_000})()
+
+        def predict(self, X):
+            if len(X) == 1:
+                time.sleep(0.003)
+            return super().predict(X)
+
+    class SlowRegistry(FakeRegistry):
+        def load_pyfunc(self, model, version):
+            return SlowModel(self.scores[version])
+
+    spec = with_gate(spec, max_latency_p95_ms=1.0, latency_samples=20, max_model_size_mb=1.0)
+    decision = evaluate(spec, result, SlowRegistry(scores, champion="1"))
+    assert not decision.promote
+    assert decision.latency_p95_ms >= 3.0 and decision.model_size_bytes == 5_000_000
+    assert decision.reason.startswith("latency_p95 failed: single-row p95")
+    assert "(and 1 more failing check(s))" in decision.reason
+    assert any(c.name == "model_size" and not c.passed and "5.00 MB (limit 1 MB)" in c.detail for c in decision.checks)
+
+
+def test_plots_are_rendered_as_png(trained):
+    spec, result, scores = trained
+    sink: dict[str, bytes] = {}
+    decision = evaluate(spec, result, FakeRegistry(scores, champion="1"), plot_sink=sink)
+    assert sorted(sink) == ["curves.png", "delta_by_slice.png"]
+    assert all(data.startswith(b"\x89PNG") and len(data) > 5000 for data in sink.values())
+    assert decision.plots == ["gate/plots/curves.png", "gate/plots/delta_by_slice.png"]
