@@ -9,13 +9,14 @@ export AIRFLOW_HOME ?= $(CTPIPE_HOME)/airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: help venv demo test test-unit lint stop clean
+.PHONY: help venv demo test test-unit lint stop clean bench-gate
 
 help:
 	@echo "make demo   - set up and run the whole continuous-training loop locally"
 	@echo "make test   - set up and run the tests"
 	@echo "make stop   - stop the local serving stack started by the demo"
 	@echo "make lint   - ruff"
+	@echo "make bench-gate - false-promotion rate and power of the gate (about 10 minutes)"
 	@echo "make clean  - remove local state (.ctpipe) and the venv"
 
 venv: $(STAMP)
@@ -36,6 +37,9 @@ stop: venv
 
 test: venv
 	$(BIN)/pytest -q -p no:cacheprovider --durations=15
+
+bench-gate: venv
+	$(BIN)/python scripts/bench_gate.py
 
 test-unit: venv
 	$(BIN)/pytest -q -m "not integration"
