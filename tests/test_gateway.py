@@ -1,7 +1,8 @@
-"""Gateway unit tests: schema generation from upstream metadata, 422s, 503s, swaps, metrics.
+"""Gateway unit tests: schema generation from upstream metadata, 422s, 503s, swaps, metrics, micro-batching,
+retries and the circuit breaker, the prediction log.
 
-The model server is faked with httpx.MockTransport (unit tests only; the integration test in
-test_rollout.py runs the real bentoml server behind the real gateway).
+The model server is faked with httpx.MockTransport (unit tests only; test_gateway_integration.py and
+test_rollout.py run the real bentoml server behind the real gateway).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def fake_model_server(version: str = "3", *, down: set[str] | None = None, calls
                     "version": ver,
                     "run_id": "r" * 32,
                     "data_hash": "sha256:abc",
+                    "image_digest": "sha256:" + "1" * 64,
                     "task": "binary_classification",
                     "features": FEATURES,
                     "feature_dtypes": DTYPES,
@@ -75,7 +77,8 @@ def test_schema_from_metadata():
     meta = UpstreamMetadata(model="m", version=2, features=FEATURES, feature_dtypes=DTYPES)
     model = build_request_model(meta, max_rows=10)
     ok = model.model_validate({"rows": [row(n_tx=4.0)]})
-    assert ok.rows[0].model_dump(by_alias=True) == row(n_tx=4)
+    assert ok.rows[0] == row(n_tx=4) and type(ok.rows[0]["n_tx"]) is int  # plain dicts, ready to forward
+    assert model.model_validate_json(json.dumps({"rows": [row()]})).rows == [row()]
     schema = model.model_json_schema()
     row_schema = schema["$defs"]["Row"]
     assert row_schema["required"] == FEATURES and row_schema["additionalProperties"] is False
@@ -100,9 +103,16 @@ def test_predict_ok(client):
         "version": "3",
         "run_id": "r" * 32,
         "data_hash": "sha256:abc",
+        "image_digest": "sha256:" + "1" * 64,
         "predictions": [0.75, 0.25],
     }
     assert resp.headers["X-Model-Name"] == "fraud-detector" and resp.headers["X-Model-Version"] == "3"
+    assert resp.headers["X-Model-Run-Id"] == "r" * 32
+    assert resp.headers["X-Model-Image-Digest"] == "sha256:" + "1" * 64
+    assert resp.headers["X-Model-Data-Hash"] == "sha256:abc"
+    assert resp.headers["X-Request-Id"]
+    given = client.post("/predict", json={"rows": [row()]}, headers={"X-Request-Id": "abc-123"})
+    assert given.headers["X-Request-Id"] == "abc-123"
 
 
 def _locs(resp) -> list[list]:
@@ -213,7 +223,10 @@ def test_metrics_and_openapi(client):
     assert 'ct_gateway_requests_total{endpoint="/predict",method="POST",status="200"} 1.0' in text
     assert 'ct_gateway_requests_total{endpoint="/predict",method="POST",status="422"} 1.0' in text
     assert "ct_gateway_request_duration_seconds_bucket" in text
-    assert 'ct_gateway_model_info{model="fraud-detector",run_id="' + "r" * 32 in text
+    assert 'ct_gateway_model_info{image_digest="sha256:' + "1" * 64 + '",model="fraud-detector",run_id="' in text
+    assert 'ct_gateway_batch_rows_bucket{le="1.0"}' in text and "ct_gateway_circuit_state 0.0" in text
+    assert 'ct_gateway_upstream_calls_total{outcome="ok"} 1.0' in text
+    assert 'ct_gateway_predicted_rows_total{model="fraud-detector",version="3"} 1.0' in text
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert body["properties"]["rows"]["maxItems"] == 5
@@ -227,9 +240,7 @@ def test_boolean_features(value, ok):
     meta = UpstreamMetadata(model="m", version="1", features=["flag"], feature_dtypes={"flag": "boolean"})
     model = build_request_model(meta, max_rows=1)
     if ok:
-        assert model.model_validate({"rows": [{"flag": value}]}).rows[0].model_dump(by_alias=True) == {
-            "flag": bool(value)
-        }
+        assert model.model_validate({"rows": [{"flag": value}]}).rows[0] == {"flag": bool(value)}
     else:
         with pytest.raises(ValueError, match="boolean"):
             model.model_validate({"rows": [{"flag": value}]})

@@ -5,10 +5,16 @@ A deployable of its own (it must not import ct_pipeline). Run it with
 ``python -m uvicorn gateway.app:app --app-dir serving``; configure it with ``CT_GATEWAY_*`` variables.
 
 - ``POST /predict`` ``{"rows": [{feature: value, ...}, ...]}`` -> ``{model, version, run_id, data_hash,
-  predictions}`` (+ ``X-Model-Name`` / ``X-Model-Version`` headers). The request model is generated from the
-  upstream's ``/metadata``; client mistakes are 422 with field errors, an unreachable upstream is 503.
+  image_digest, predictions}`` (+ ``X-Model-Name`` / ``-Version`` / ``-Run-Id`` / ``-Image-Digest`` /
+  ``X-Request-Id`` headers). The request model is generated from the upstream's ``/metadata``; client
+  mistakes are 422 with field errors (413 for an oversized body), an unreachable upstream is 503.
+- Concurrent requests are micro-batched into one model-server call (:mod:`gateway.batcher`); calls go over
+  pooled keep-alive connections with timeouts, bounded retries with backoff on 503/429/connection errors,
+  and a circuit breaker (:mod:`gateway.resilience`).
+- Predictions are logged to Parquet in the background when ``CT_GATEWAY_PREDICTION_LOG_DIR`` is set
+  (:mod:`gateway.predlog`).
 - ``GET /healthz`` (process alive), ``GET /readyz`` (schema loaded and upstream ready), ``GET /metrics``,
-  ``GET /metadata`` (the served model's lineage and features).
+  ``GET /metadata`` (the served model's lineage and features), ``GET /docs``, ``GET /openapi.json``.
 - ``PUT /admin/upstream`` ``{"url": ...}`` (``Authorization: Bearer <token>`` when a token is configured):
   loads the new upstream's metadata first, swaps upstream + schema atomically, then waits for requests in
   flight on the previous upstream to finish (so the caller can stop the old model server, dropping none).
@@ -18,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -27,7 +35,6 @@ from typing import Annotated, Any
 
 import httpx
 from fastapi import FastAPI, Header, HTTPException, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from prometheus_client import (
@@ -38,20 +45,22 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    SecretStr,
-    StrictFloat,
-    StrictStr,
-    ValidationError,
-    create_model,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_core import from_json, to_json
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .batcher import BatcherClosed, MicroBatcher, QueueFull
+from .predlog import Lineage, PredictionLog
+from .resilience import CircuitBreaker, backoff_delay
+from .schema import FIELD_TYPES, UpstreamMetadata, build_request_model, validation_errors
+
+__all__ = [
+    "FIELD_TYPES",
+    "GatewaySettings",
+    "UpstreamMetadata",
+    "build_request_model",
+    "create_app",
+]
 
 logger = logging.getLogger("ct_gateway")
 
@@ -61,7 +70,10 @@ class GatewaySettings(BaseSettings):
 
     upstream_url: str | None = Field(default=None, description="Model server base URL, e.g. http://127.0.0.1:3700")
     admin_token: SecretStr | None = Field(default=None, description="Bearer token for /admin/*; unset = open")
-    max_rows: int = Field(default=1000, ge=1)
+    # -- request limits
+    max_rows: int = Field(default=1000, ge=1, description="Rows per request")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="Request body size (413 beyond)")
+    # -- upstream connections
     connect_timeout: float = Field(default=2.0, gt=0)
     request_timeout: float = Field(default=30.0, gt=0, description="Per upstream request (read/write/pool)")
     metadata_timeout: float = Field(default=5.0, gt=0)
@@ -72,73 +84,24 @@ class GatewaySettings(BaseSettings):
     max_keepalive_connections: int = Field(default=20, ge=0)
     # Below the model server's 5 s (uvicorn) keep-alive: never reuse a socket the server is closing.
     keepalive_expiry: float = Field(default=2.0, ge=0)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Request schema generated from the upstream's metadata
-
-
-def _whole_number(value: float) -> int:
-    if not float(value).is_integer():
-        raise ValueError("Input should be a whole number")
-    return int(value)
-
-
-_Number = Annotated[StrictFloat, Field(allow_inf_nan=False)]
-
-
-def _bool_or_01(value: Any) -> Any:
-    if isinstance(value, bool) or (type(value) in (int, float) and value in (0, 1)):
-        return bool(value)
-    raise ValueError("Input should be a boolean, 0 or 1")
-
-
-_Boolean = Annotated[bool, BeforeValidator(_bool_or_01)]
-_Integer = Annotated[_Number, AfterValidator(_whole_number)]
-# MLflow signature dtype -> field type. Numbers are strict: strings and booleans are refused.
-FIELD_TYPES: dict[str, Any] = {
-    "double": _Number,
-    "float": _Number,
-    "long": _Integer,
-    "integer": _Integer,
-    "boolean": _Boolean,
-    "string": StrictStr,
-}
-
-
-class UpstreamMetadata(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    model: str
-    version: str
-    run_id: str | None = None
-    data_hash: str | None = None
-    task: str | None = None
-    features: list[str] = Field(min_length=1)
-    feature_dtypes: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("version", mode="before")
-    @classmethod
-    def _str_version(cls, value: Any) -> Any:
-        return str(value) if isinstance(value, int) else value
-
-
-def build_request_model(meta: UpstreamMetadata, max_rows: int) -> type[BaseModel]:
-    """``{"rows": [Row, ...]}`` with 1..max_rows rows; every feature required, extra fields forbidden."""
-    unknown = {f: d for f, d in meta.feature_dtypes.items() if d not in FIELD_TYPES}
-    if unknown:
-        raise ValueError(f"unsupported feature dtypes {unknown}")
-    # Internal names f0..fn aliased to the feature names: any column name works, even non-identifiers.
-    fields: dict[str, Any] = {
-        f"f{i}": (FIELD_TYPES[meta.feature_dtypes.get(name, "double")], Field(alias=name))
-        for i, name in enumerate(meta.features)
-    }
-    row = create_model("Row", __config__=ConfigDict(extra="forbid", title=f"{meta.model} row"), **fields)
-    return create_model(
-        "PredictRequest",
-        __config__=ConfigDict(extra="forbid", title=f"{meta.model} v{meta.version} request"),
-        rows=(list[row], Field(min_length=1, max_length=max_rows)),  # type: ignore[valid-type]
-    )
+    # -- micro-batching (see gateway.batcher)
+    batching: bool = Field(default=True, description="Micro-batch concurrent requests into one upstream call")
+    batch_max_rows: int = Field(default=256, ge=1, description="Rows per upstream call")
+    batch_max_wait_ms: float = Field(default=0.0, ge=0, le=1000, description="Linger for a fuller batch")
+    batch_max_inflight: int = Field(default=2, ge=1, description="Upstream calls out at once")
+    batch_max_queue_rows: int = Field(default=20_000, ge=1, description="Queued rows before shedding (503)")
+    # -- retries and circuit breaker
+    retries: int = Field(default=2, ge=0, description="Retries of an upstream call on 503/429/connection errors")
+    retry_backoff: float = Field(default=0.05, ge=0, description="First retry delay (s), doubling, jittered")
+    retry_backoff_max: float = Field(default=1.0, ge=0)
+    breaker_failures: int = Field(default=5, ge=1, description="Consecutive failed calls that open the circuit")
+    breaker_reset: float = Field(default=2.0, gt=0, description="Seconds open before a probe call")
+    # -- prediction log (Parquet by hour; off when no directory)
+    prediction_log_dir: str | None = None
+    prediction_log_flush_interval: float = Field(default=2.0, gt=0)
+    prediction_log_flush_rows: int = Field(default=5_000, ge=1)
+    prediction_log_max_pending_rows: int = Field(default=50_000, ge=1)
+    prediction_log_roll_seconds: float = Field(default=300.0, gt=0)
 
 
 class PredictResponse(BaseModel):
@@ -146,7 +109,14 @@ class PredictResponse(BaseModel):
     version: str
     run_id: str | None
     data_hash: str | None
-    predictions: list[float]
+    image_digest: str | None
+    predictions: list[float | None]
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    detail: Any
+    upstream: str | None = None
 
 
 class UpstreamSwap(BaseModel):
@@ -162,17 +132,66 @@ class UpstreamError(RuntimeError):
     pass
 
 
+class UpstreamCallError(RuntimeError):
+    """An upstream call failed; carries the gateway's answer (status, error code, detail)."""
+
+    def __init__(self, status: int, error: str, detail: Any, retry_after: float | None = None) -> None:
+        super().__init__(f"{error}: {detail}")
+        self.status = status
+        self.error = error
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+_JSON = (b"content-type", b"application/json")
+
+
 @dataclass(eq=False)
 class Upstream:
     url: str
     client: httpx.AsyncClient
     meta: UpstreamMetadata
     request_model: type[BaseModel]
+    breaker: CircuitBreaker
+    batcher: MicroBatcher | None = None
     inflight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    # precomputed per upstream: the response prefix, lineage headers, the prediction-log lineage
+    prefix: bytes = b""
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    lineage: Lineage | None = None
 
     def __post_init__(self) -> None:
         self.idle.set()
+        meta = self.meta
+        lineage = {
+            "model": meta.model,
+            "version": meta.version,
+            "run_id": meta.run_id,
+            "data_hash": meta.data_hash,
+            "image_digest": meta.image_digest,
+        }
+        self.prefix = to_json(lineage)[:-1] + b',"predictions":'
+        self.headers = [
+            (b"x-model-" + name.encode(), str(value).encode("latin-1", "replace"))
+            for name, value in (
+                ("name", meta.model),
+                ("version", meta.version),
+                ("run-id", meta.run_id),
+                ("image-digest", meta.image_digest),
+                ("data-hash", meta.data_hash),
+            )
+            if value
+        ]
+        self.lineage = Lineage(
+            model=meta.model,
+            version=meta.version,
+            run_id=meta.run_id,
+            data_hash=meta.data_hash,
+            image_digest=meta.image_digest,
+            features=tuple(meta.features),
+            dtypes=tuple(meta.feature_dtypes.get(f, "double") for f in meta.features),
+        )
 
     def acquire(self) -> None:
         self.inflight += 1
@@ -198,6 +217,27 @@ def _new_client(settings: GatewaySettings, url: str, transport: httpx.AsyncBaseT
     )
 
 
+def _rejected(exc: BaseException) -> bool:
+    return isinstance(exc, UpstreamCallError) and exc.error == "rejected_by_model_server"
+
+
+def _upstream_detail(resp: httpx.Response) -> Any:
+    """The model server's error, FastAPI-style locations when it names fields."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return resp.text[:500]
+    detail = body.get("detail", body) if isinstance(body, dict) else body
+    if isinstance(detail, list):
+        out = []
+        for err in detail[:20]:
+            if isinstance(err, dict) and isinstance(err.get("loc"), list):
+                err = {**err, "loc": ["body", *err["loc"]]}
+            out.append(err)
+        return out
+    return detail
+
+
 class Gateway:
     def __init__(self, settings: GatewaySettings, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.settings = settings
@@ -206,41 +246,128 @@ class Gateway:
         self.last_error: str | None = None
         self.swap_lock = asyncio.Lock()
         self._background: set[asyncio.Task] = set()
-        self.registry = CollectorRegistry()
+        self._request_ids = itertools.count(1)
+        self._request_prefix = f"{os.getpid():x}-{secrets.token_hex(3)}-"
+        self.registry = r = CollectorRegistry()
         self.requests = Counter(
-            "ct_gateway_requests",
-            "Gateway HTTP requests",
-            ["endpoint", "method", "status"],
-            registry=self.registry,
+            "ct_gateway_requests", "Gateway HTTP requests", ["endpoint", "method", "status"], registry=r
         )
         self.latency = Histogram(
             "ct_gateway_request_duration_seconds",
             "Gateway request latency",
             ["endpoint", "method", "status"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-            registry=self.registry,
+            registry=r,
         )
-        self.rows = Counter("ct_gateway_predicted_rows", "Rows scored", ["model", "version"], registry=self.registry)
+        self._observers: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self.rows = Counter("ct_gateway_predicted_rows", "Rows scored", ["model", "version"], registry=r)
         self.model_info = Gauge(
             "ct_gateway_model_info",
             "Model served behind the gateway (value 1)",
-            ["model", "version", "run_id", "upstream"],
-            registry=self.registry,
+            ["model", "version", "run_id", "image_digest", "upstream"],
+            registry=r,
         )
-        self.swaps = Counter("ct_gateway_upstream_swaps", "Upstream swaps", registry=self.registry)
+        self.swaps = Counter("ct_gateway_upstream_swaps", "Upstream swaps", registry=r)
+        size_buckets = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+        self.batch_rows = Histogram(
+            "ct_gateway_batch_rows", "Rows per model-server call", buckets=size_buckets, registry=r
+        )
+        self.batch_requests = Histogram(
+            "ct_gateway_batch_requests", "Client requests per model-server call", buckets=size_buckets, registry=r
+        )
+        self.upstream_calls = Counter(
+            "ct_gateway_upstream_calls", "Model-server calls by outcome", ["outcome"], registry=r
+        )
+        self.upstream_latency = Histogram(
+            "ct_gateway_upstream_call_duration_seconds",
+            "Model-server call latency (one attempt)",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.retries = Counter("ct_gateway_upstream_retries", "Model-server call retries", ["reason"], registry=r)
+        self.circuit_state = Gauge(
+            "ct_gateway_circuit_state", "Circuit breaker to the model server: 0 closed, 1 open, 2 half-open", registry=r
+        )
+        self.circuit_opens = Counter("ct_gateway_circuit_opens", "Times the circuit opened", registry=r)
+        self.queued_rows = Gauge("ct_gateway_queued_rows", "Rows waiting for a model-server call", registry=r)
+        self.queued_rows.set_function(lambda: self.upstream.batcher.queued_rows if self._has_batcher() else 0)
+        self.shed = Counter("ct_gateway_shed_requests", "Requests refused: gateway queue full", registry=r)
+        self.log_rows = Counter(
+            "ct_gateway_prediction_log_rows", "Prediction-log rows by outcome", ["outcome"], registry=r
+        )
+        self.predlog: PredictionLog | None = None
+        if settings.prediction_log_dir:
+            self.predlog = PredictionLog(
+                settings.prediction_log_dir,
+                flush_interval=settings.prediction_log_flush_interval,
+                flush_rows=settings.prediction_log_flush_rows,
+                max_pending_rows=settings.prediction_log_max_pending_rows,
+                roll_seconds=settings.prediction_log_roll_seconds,
+                on_written=self.log_rows.labels("written").inc,
+                on_dropped=self.log_rows.labels("dropped").inc,
+            )
+            pending = Gauge(
+                "ct_gateway_prediction_log_pending_rows", "Prediction-log rows buffered in memory", registry=r
+            )
+            pending.set_function(lambda: self.predlog.pending_rows if self.predlog else 0)
+
+    def _has_batcher(self) -> bool:
+        return self.upstream is not None and self.upstream.batcher is not None
+
+    def observe(self, endpoint: str, method: str, status: int, seconds: float) -> None:
+        key = (endpoint, method, status)
+        children = self._observers.get(key)
+        if children is None:
+            labels = (endpoint, method, str(status))
+            children = self._observers[key] = (self.requests.labels(*labels), self.latency.labels(*labels))
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def request_id(self, given: str | None) -> str:
+        if given and len(given) <= 128 and given.isprintable():
+            return given
+        return f"{self._request_prefix}{next(self._request_ids):x}"
+
+    # -- upstream lifecycle ---------------------------------------------------------------------------------
+
+    def _on_circuit_change(self, state: str) -> None:
+        self.circuit_state.set(CircuitBreaker.STATE_VALUES[state])
+        if state == CircuitBreaker.OPEN:
+            self.circuit_opens.inc()
+            up = self.upstream
+            logger.warning("circuit to %s open: %s", up.url if up else "?", up.breaker.last_error if up else "")
+        elif state == CircuitBreaker.CLOSED:
+            logger.info("circuit to the model server closed again")
 
     async def load(self, url: str) -> Upstream:
         """Connect to ``url`` and build its request schema; raises UpstreamError when it is not usable."""
-        client = _new_client(self.settings, url, self.transport)
+        settings = self.settings
+        client = _new_client(settings, url, self.transport)
         try:
-            resp = await client.post("/metadata", json={}, timeout=self.settings.metadata_timeout)
+            resp = await client.post("/metadata", json={}, timeout=settings.metadata_timeout)
             resp.raise_for_status()
             meta = UpstreamMetadata.model_validate(resp.json())
-            request_model = build_request_model(meta, self.settings.max_rows)
+            request_model = build_request_model(meta, settings.max_rows)
         except (httpx.HTTPError, ValueError) as exc:  # ValidationError is a ValueError
             await client.aclose()
             raise UpstreamError(f"cannot load model metadata from {url}: {type(exc).__name__}: {exc}") from exc
-        return Upstream(url=url.rstrip("/"), client=client, meta=meta, request_model=request_model)
+        breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset, on_change=self._on_circuit_change)
+        up = Upstream(url=url.rstrip("/"), client=client, meta=meta, request_model=request_model, breaker=breaker)
+        if settings.batching:
+            up.batcher = MicroBatcher(
+                lambda rows: self.call(up, rows),
+                max_rows=settings.batch_max_rows,
+                max_wait=settings.batch_max_wait_ms / 1000,
+                max_inflight=settings.batch_max_inflight,
+                max_queue_rows=settings.batch_max_queue_rows,
+                isolate=_rejected,
+                on_batch=self._on_batch,
+            )
+        return up
+
+    def _on_batch(self, requests: int, rows: int) -> None:
+        self.batch_requests.observe(requests)
+        self.batch_rows.observe(rows)
 
     def install(self, upstream: Upstream) -> Upstream | None:
         """Swap in a loaded upstream (atomic: no await); returns the previous one."""
@@ -248,8 +375,16 @@ class Gateway:
         self.last_error = None
         self.model_info.clear()
         meta = upstream.meta
-        self.model_info.labels(meta.model, meta.version, meta.run_id or "", upstream.url).set(1)
+        self.model_info.labels(meta.model, meta.version, meta.run_id or "", meta.image_digest or "", upstream.url).set(
+            1
+        )
+        self.circuit_state.set(CircuitBreaker.STATE_VALUES[upstream.breaker.state])
         return previous
+
+    async def _close_upstream(self, upstream: Upstream) -> None:
+        if upstream.batcher is not None:
+            await upstream.batcher.close(timeout=self.settings.request_timeout)
+        await upstream.client.aclose()
 
     async def retire(self, upstream: Upstream, timeout: float) -> bool:
         """Wait for requests in flight on ``upstream`` to finish, then close its client."""
@@ -259,13 +394,13 @@ class Gateway:
         except TimeoutError:
             drained = False
         if drained:
-            await upstream.client.aclose()
+            await self._close_upstream(upstream)
         else:  # still busy: close once the stragglers finish (bounded by the request timeout)
 
             async def _late_close() -> None:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(upstream.idle.wait(), self.settings.request_timeout + 5)
-                await upstream.client.aclose()
+                await self._close_upstream(upstream)
 
             task = asyncio.get_running_loop().create_task(_late_close())
             self._background.add(task)
@@ -290,30 +425,186 @@ class Gateway:
                     self.install(upstream)
                     logger.info("upstream %s: %s v%s", url, upstream.meta.model, upstream.meta.version)
                     return
-            await upstream.client.aclose()
+            await self._close_upstream(upstream)
 
     async def close(self) -> None:
         if self.upstream is not None:
-            await self.upstream.client.aclose()
+            await self._close_upstream(self.upstream)
             self.upstream = None
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=5)
+
+    # -- the model-server call --------------------------------------------------------------------------
+
+    async def call(self, up: Upstream, rows: list[dict[str, Any]]) -> list[Any]:
+        """POST rows to the model server: retries with backoff on 503/429/connection errors, circuit breaker.
+
+        Returns one score per row; raises UpstreamCallError with the answer the client gets.
+        """
+        settings, breaker = self.settings, up.breaker
+        if not breaker.allow():
+            wait = breaker.retry_after()
+            self.upstream_calls.labels("circuit_open").inc()
+            raise UpstreamCallError(
+                503,
+                "upstream_unavailable",
+                f"{up.url}: circuit open after {breaker.failures} consecutive failed calls "
+                f"(last: {breaker.last_error}); next try in {wait:.1f}s",
+                retry_after=max(wait, 0.1),
+            )
+        body = to_json({"rows": rows})
+        deadline = time.monotonic() + settings.request_timeout
+        attempt = 0
+        while True:
+            start = time.perf_counter()
+            retry_reason = None
+            try:
+                resp = await up.client.post("/predict", content=body, headers={"content-type": "application/json"})
+            except (httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ConnectError) as exc:
+                failure = UpstreamCallError(503, "upstream_unavailable", f"{up.url}: {type(exc).__name__}: {exc}")
+                retry_reason = "connect"
+            except httpx.TimeoutException as exc:  # read/write timeout: the server may still be working on it
+                self.upstream_calls.labels("timeout").inc()
+                breaker.failure(f"{type(exc).__name__} after {settings.request_timeout:.0f}s")
+                raise UpstreamCallError(504, "upstream_timeout", f"{up.url}: {type(exc).__name__}") from None
+            except httpx.TransportError as exc:  # connection dropped (server restarting): scoring is idempotent
+                failure = UpstreamCallError(503, "upstream_unavailable", f"{up.url}: {type(exc).__name__}: {exc}")
+                retry_reason = "connection"
+            except asyncio.CancelledError:
+                breaker.release_probe()
+                raise
+            else:
+                self.upstream_latency.observe(time.perf_counter() - start)
+                status = resp.status_code
+                if status == 200:
+                    try:
+                        scores = from_json(resp.content)
+                    except ValueError:
+                        scores = None
+                    if not isinstance(scores, list) or len(scores) != len(rows):
+                        self.upstream_calls.labels("malformed").inc()
+                        breaker.failure("malformed prediction list")
+                        raise UpstreamCallError(
+                            502, "upstream_error", "model server returned a malformed prediction list"
+                        )
+                    breaker.success()
+                    self.upstream_calls.labels("ok").inc()
+                    return scores
+                if status in (429, 503):
+                    failure = UpstreamCallError(
+                        503, "upstream_overloaded", f"{up.url} answered {status}: {resp.text[:300]}", retry_after=1.0
+                    )
+                    retry_reason = f"status_{status}"
+                elif status in (400, 422):  # the model server refused the input: a client mistake
+                    breaker.success()
+                    self.upstream_calls.labels("rejected").inc()
+                    raise UpstreamCallError(422, "rejected_by_model_server", _upstream_detail(resp))
+                else:
+                    self.upstream_calls.labels("error").inc()
+                    if status >= 500:
+                        breaker.failure(f"status {status}")
+                    else:
+                        breaker.success()
+                    raise UpstreamCallError(502, "upstream_error", f"model server answered {status}: {resp.text[:500]}")
+            # retryable failure
+            delay = backoff_delay(attempt, settings.retry_backoff, settings.retry_backoff_max)
+            if attempt >= settings.retries or time.monotonic() + delay > deadline:
+                self.upstream_calls.labels(failure.error.removeprefix("upstream_")).inc()
+                breaker.failure(str(failure.detail)[:300])
+                raise failure
+            attempt += 1
+            self.retries.labels(retry_reason).inc()
+            await asyncio.sleep(delay)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # The app
 
 
-def _error(status: int, error: str, detail: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": error, "detail": detail, **extra}, status_code=status)
+def _error(
+    status: int,
+    error: str,
+    detail: Any,
+    up: Upstream | None = None,
+    request_id: str | None = None,
+    retry_after: float | None = None,
+    **extra: Any,
+) -> Response:
+    body: dict[str, Any] = {"error": error, "detail": detail, **extra}
+    if up is not None and status >= 500:
+        body.setdefault("upstream", up.url)
+    headers = list(up.headers) if up is not None else []
+    if request_id:
+        headers.append((b"x-request-id", request_id.encode("latin-1", "replace")))
+    if retry_after is not None:
+        headers.append((b"retry-after", str(max(1, round(retry_after))).encode()))
+    return _raw_response(to_json(body), status, headers)
 
 
-def _validation_errors(exc: ValidationError) -> list[dict[str, Any]]:
-    errors = []
-    for err in exc.errors(include_url=False):
-        err["loc"] = ("body", *err["loc"])
-        if "ctx" in err:
-            err["ctx"] = {k: str(v) for k, v in err["ctx"].items()}
-        errors.append(err)
-    return errors
+def _raw_response(body: bytes, status: int, headers: list[tuple[bytes, bytes]]) -> Response:
+    """A Response with prebuilt raw headers (skips per-request header encoding)."""
+    response = Response.__new__(Response)
+    response.status_code = status
+    response.background = None
+    response.body = body
+    response.raw_headers = [*headers, _JSON, (b"content-length", str(len(body)).encode())]
+    return response
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge(int(declared))
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge(size)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class ObserveMiddleware:
+    """Request count + latency by endpoint/method/status (pure ASGI: no per-request task or stream)."""
+
+    def __init__(self, app: Any, gateway: Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_status(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            if endpoint != "/metrics":
+                self.gateway.observe(endpoint, scope["method"], status, time.perf_counter() - start)
+
+
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorResponse, "description": "Body larger than CT_GATEWAY_MAX_BODY_BYTES"},
+    422: {"description": "Invalid body: FastAPI-style field errors (loc names the row and feature)"},
+    502: {"model": ErrorResponse, "description": "The model server answered with an error"},
+    503: {"model": ErrorResponse, "description": "Model server unavailable/overloaded or circuit open"},
+    504: {"model": ErrorResponse, "description": "Model server timed out"},
+}
 
 
 def create_app(settings: GatewaySettings | None = None, transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
@@ -322,6 +613,8 @@ def create_app(settings: GatewaySettings | None = None, transport: httpx.AsyncBa
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if gw.predlog is not None:
+            gw.predlog.start()
         await gw.connect_initial(attempts=1)  # ready at once when the upstream is up ...
         task = asyncio.get_running_loop().create_task(gw.connect_initial())  # ... else keep trying
         try:
@@ -331,25 +624,17 @@ def create_app(settings: GatewaySettings | None = None, transport: httpx.AsyncBa
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await gw.close()
+            if gw.predlog is not None:
+                await gw.predlog.close()
 
-    app = FastAPI(title="ct-pipeline gateway", lifespan=lifespan)
+    app = FastAPI(
+        title="ct-pipeline gateway",
+        description="Predictions from the served model, with its lineage. The /predict request schema is "
+        "generated from the served model's signature.",
+        lifespan=lifespan,
+    )
     app.state.gateway = gw
-
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        start = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            route = request.scope.get("route")
-            endpoint = getattr(route, "path", None) or "unmatched"
-            if endpoint != "/metrics":
-                labels = (endpoint, request.method, str(status))
-                gw.requests.labels(*labels).inc()
-                gw.latency.labels(*labels).observe(time.perf_counter() - start)
+    app.add_middleware(ObserveMiddleware, gateway=gw)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -359,14 +644,24 @@ def create_app(settings: GatewaySettings | None = None, transport: httpx.AsyncBa
     async def readyz() -> JSONResponse:
         up = gw.upstream
         if up is None:
-            return _error(503, "not_ready", gw.last_error or "model metadata not loaded yet")
+            return JSONResponse({"error": "not_ready", "detail": gw.last_error or "model metadata not loaded yet"}, 503)
         try:
             resp = await up.client.get("/readyz", timeout=settings.readiness_timeout)
         except httpx.HTTPError as exc:
-            return _error(503, "upstream_unavailable", f"{up.url}: {type(exc).__name__}: {exc}", upstream=up.url)
+            detail = f"{up.url}: {type(exc).__name__}: {exc}"
+            return JSONResponse({"error": "upstream_unavailable", "detail": detail, "upstream": up.url}, 503)
         if resp.status_code != 200:
-            return _error(503, "upstream_not_ready", f"{up.url}/readyz answered {resp.status_code}", upstream=up.url)
-        return JSONResponse({"status": "ready", "model": up.meta.model, "version": up.meta.version, "upstream": up.url})
+            detail = f"{up.url}/readyz answered {resp.status_code}"
+            return JSONResponse({"error": "upstream_not_ready", "detail": detail, "upstream": up.url}, 503)
+        return JSONResponse(
+            {
+                "status": "ready",
+                "model": up.meta.model,
+                "version": up.meta.version,
+                "upstream": up.url,
+                "circuit": up.breaker.state,
+            }
+        )
 
     @app.get("/metrics")
     async def metrics() -> Response:
@@ -376,60 +671,60 @@ def create_app(settings: GatewaySettings | None = None, transport: httpx.AsyncBa
     async def metadata() -> JSONResponse:
         up = gw.upstream
         if up is None:
-            return _error(503, "not_ready", gw.last_error or "model metadata not loaded yet")
-        return JSONResponse({**up.meta.model_dump(), "upstream": up.url})
+            return JSONResponse({"error": "not_ready", "detail": gw.last_error or "model metadata not loaded yet"}, 503)
+        return JSONResponse({**up.meta.model_dump(), "upstream": up.url, "circuit": up.breaker.state})
 
-    @app.post("/predict", response_model=PredictResponse)
-    async def predict(request: Request) -> Any:
-        try:
-            body = await request.json()
-        except ValueError:
-            raise RequestValidationError(
-                [{"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error", "input": {}}]
-            ) from None
+    @app.post("/predict", response_model=PredictResponse, responses=_ERROR_RESPONSES)
+    async def predict(request: Request) -> Response:
+        request_id = gw.request_id(request.headers.get("x-request-id"))
         up = gw.upstream
-        if up is None:
-            return _error(503, "upstream_unavailable", gw.last_error or "model metadata not loaded yet")
         try:
-            parsed = up.request_model.model_validate(body)
+            body = await _read_body(request, settings.max_body_bytes)
+        except _TooLarge as exc:
+            return _error(
+                413,
+                "payload_too_large",
+                f"request body of {exc.args[0]}+ bytes exceeds the limit of {settings.max_body_bytes} bytes",
+                up,
+                request_id,
+            )
+        if up is None:
+            try:
+                from_json(body)
+            except ValueError:
+                return _raw_response(to_json({"detail": _JSON_INVALID}), 422, [])
+            detail = gw.last_error or "model metadata not loaded yet"
+            return _error(503, "upstream_unavailable", detail, None, request_id, retry_after=1.0)
+        try:
+            rows = up.request_model.model_validate_json(body).rows  # type: ignore[attr-defined]
         except ValidationError as exc:
-            raise RequestValidationError(_validation_errors(exc)) from None
-        rows = [row.model_dump(by_alias=True) for row in parsed.rows]  # type: ignore[attr-defined]
+            return _raw_response(
+                to_json({"detail": validation_errors(exc)}),
+                422,
+                [*up.headers, (b"x-request-id", request_id.encode("latin-1", "replace"))],
+            )
         up.acquire()  # no await since reading gw.upstream: a swap cannot slip in between
         try:
-            resp = await up.client.post("/predict", json={"rows": rows})
-        except httpx.TimeoutException as exc:
-            return _error(504, "upstream_timeout", f"{up.url}: {type(exc).__name__}", upstream=up.url)
-        except httpx.HTTPError as exc:
-            return _error(503, "upstream_unavailable", f"{up.url}: {type(exc).__name__}: {exc}", upstream=up.url)
+            if up.batcher is not None and len(rows) <= settings.batch_max_rows:
+                predictions = await up.batcher.submit(rows)
+            else:
+                predictions = await gw.call(up, rows)
+        except UpstreamCallError as exc:
+            return _error(exc.status, exc.error, exc.detail, up, request_id, exc.retry_after)
+        except QueueFull as exc:
+            gw.shed.inc()
+            return _error(503, "gateway_overloaded", str(exc), up, request_id, retry_after=1.0)
+        except BatcherClosed as exc:
+            return _error(503, "upstream_unavailable", f"{up.url}: {exc}", up, request_id, retry_after=1.0)
         finally:
             up.release()
-        if resp.status_code in (429, 503):
-            return _error(503, "upstream_overloaded", resp.text[:500], upstream=up.url)
-        if resp.status_code != 200:
-            return _error(
-                502,
-                "upstream_error",
-                f"model server answered {resp.status_code}: {resp.text[:500]}",
-                upstream=up.url,
-            )
-        try:
-            predictions = resp.json()
-        except ValueError:
-            predictions = None
-        if not isinstance(predictions, list) or len(predictions) != len(rows):
-            return _error(502, "upstream_error", "model server returned a malformed prediction list", upstream=up.url)
-        meta = up.meta
-        gw.rows.labels(meta.model, meta.version).inc(len(rows))
-        return JSONResponse(
-            {
-                "model": meta.model,
-                "version": meta.version,
-                "run_id": meta.run_id,
-                "data_hash": meta.data_hash,
-                "predictions": predictions,
-            },
-            headers={"X-Model-Name": meta.model, "X-Model-Version": meta.version},
+        gw.rows.labels(up.meta.model, up.meta.version).inc(len(rows))
+        if gw.predlog is not None:
+            gw.predlog.record(time.time(), request_id, up.lineage, rows, predictions)
+        return _raw_response(
+            up.prefix + to_json(predictions) + b"}",
+            200,
+            [*up.headers, (b"x-request-id", request_id.encode("latin-1", "replace"))],
         )
 
     @app.put("/admin/upstream")
@@ -443,7 +738,7 @@ def create_app(settings: GatewaySettings | None = None, transport: httpx.AsyncBa
             try:
                 new = await gw.load(swap.url)
             except UpstreamError as exc:
-                return _error(502, "upstream_unusable", str(exc), upstream=swap.url)
+                return JSONResponse({"error": "upstream_unusable", "detail": str(exc), "upstream": swap.url}, 502)
             previous = gw.install(new)
             gw.swaps.inc()
         result: dict[str, Any] = {
@@ -461,7 +756,7 @@ def create_app(settings: GatewaySettings | None = None, transport: httpx.AsyncBa
 
     def openapi() -> dict[str, Any]:
         # The /predict body depends on the current upstream: regenerate the spec with its schema.
-        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         up = gw.upstream
         if up is not None:
             body = up.request_model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -476,5 +771,7 @@ def create_app(settings: GatewaySettings | None = None, transport: httpx.AsyncBa
     app.openapi = openapi  # type: ignore[method-assign]
     return app
 
+
+_JSON_INVALID = [{"type": "json_invalid", "loc": ["body"], "msg": "JSON decode error"}]
 
 app = create_app()

@@ -1,0 +1,238 @@
+"""Prediction log for monitoring: requests, predictions and lineage, appended to Parquet in the background.
+
+The request path only appends a reference to an in-memory buffer (O(1), no I/O, no encoding). A background
+task flushes the buffer every ``flush_interval`` seconds (or as soon as ``flush_rows`` rows are pending):
+the rows are turned into Arrow columns and written in a worker thread. Memory is bounded: beyond
+``max_pending_rows`` buffered rows new records are dropped and counted, never queued without limit.
+
+Layout, one row per predicted row::
+
+    <dir>/model=<model>/date=YYYY-MM-DD/hour=HH/v<version>-<HHMMSS>-<pid>-<n>.parquet
+
+A file is written as row groups (one per flush) and closed when its hour ends, after ``roll_seconds``, on a
+model version change or at shutdown; it is written as ``*.parquet.tmp`` and renamed on close, so readers
+only ever see complete files. Columns: ``ts`` (UTC), ``request_id``, ``row`` (index in the request),
+``model``, ``version``, ``run_id``, ``data_hash``, ``image_digest``, ``prediction`` and ``features`` (a struct
+with one field per model feature).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger("ct_gateway.predlog")
+
+
+@dataclass(frozen=True)
+class Lineage:
+    model: str
+    version: str
+    run_id: str | None
+    data_hash: str | None
+    image_digest: str | None
+    features: tuple[str, ...]
+    dtypes: tuple[str, ...] = ()  # MLflow signature types, parallel to features ("double" when unknown)
+
+
+@dataclass
+class _Part:
+    path: Path
+    writer: Any  # pyarrow.parquet.ParquetWriter
+    opened: float
+    hour: str
+    rows: int = 0
+
+
+_ARROW_TYPES = {
+    "double": "float64",
+    "float": "float64",
+    "long": "int64",
+    "integer": "int64",
+    "boolean": "bool_",
+    "string": "string",
+}
+
+
+def _arrow_type(dtype: str) -> Any:
+    import pyarrow as pa
+
+    return getattr(pa, _ARROW_TYPES.get(dtype, "float64"))()
+
+
+def _safe(value: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in value)[:100] or "unknown"
+
+
+class PredictionLog:
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        flush_interval: float = 2.0,
+        flush_rows: int = 5_000,
+        max_pending_rows: int = 50_000,
+        roll_seconds: float = 300.0,
+        on_written: Callable[[int], None] | None = None,
+        on_dropped: Callable[[int], None] | None = None,
+    ) -> None:
+        self.directory = Path(directory)
+        self.flush_interval = flush_interval
+        self.flush_rows = flush_rows
+        self.max_pending_rows = max_pending_rows
+        self.roll_seconds = roll_seconds
+        self.on_written = on_written
+        self.on_dropped = on_dropped
+        self._pending: list[tuple[float, str, Lineage, list, list]] = []
+        self._pending_rows = 0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._parts: dict[tuple[Lineage, str], _Part] = {}
+        self._seq = 0
+        self.written_rows = 0
+        self.dropped_rows = 0
+        self.files_closed = 0
+        self.last_error: str | None = None
+
+    @property
+    def pending_rows(self) -> int:
+        return self._pending_rows
+
+    # -- request path -------------------------------------------------------------------------------------
+
+    def record(self, ts: float, request_id: str, lineage: Lineage, rows: list, predictions: list) -> bool:
+        """Buffer one request's rows and predictions (no I/O). False when dropped (buffer full)."""
+        n = len(rows)
+        if self._pending_rows + n > self.max_pending_rows:
+            self.dropped_rows += n
+            if self.on_dropped is not None:
+                self.on_dropped(n)
+            return False
+        self._pending.append((ts, request_id, lineage, rows, predictions))
+        self._pending_rows += n
+        if self._pending_rows >= self.flush_rows:
+            self._wake.set()
+        return True
+
+    # -- background ---------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="prediction-log")
+
+    async def _run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_interval)
+            self._wake.clear()
+            await self.flush()
+
+    async def flush(self, close_all: bool = False) -> None:
+        batch, self._pending, self._pending_rows = self._pending, [], 0
+        if not batch and not close_all and not self._parts:
+            return
+        try:
+            written = await asyncio.to_thread(self._write, batch, close_all)
+        except Exception as exc:  # disk full, permissions...: count and keep serving
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            logger.exception("prediction log: writing %d records failed", len(batch))
+            lost = sum(len(r[3]) for r in batch)
+            self.dropped_rows += lost
+            if self.on_dropped is not None:
+                self.on_dropped(lost)
+            return
+        self.written_rows += written
+        if written and self.on_written is not None:
+            self.on_written(written)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.flush(close_all=True)
+
+    # -- worker thread ------------------------------------------------------------------------------------
+
+    def _write(self, batch: list[tuple[float, str, Lineage, list, list]], close_all: bool) -> int:
+        import pyarrow as pa
+
+        groups: dict[tuple[Lineage, str], list[tuple[float, str, Lineage, list, list]]] = {}
+        for record in batch:
+            hour = datetime.fromtimestamp(record[0], UTC).strftime("%Y-%m-%d/%H")
+            groups.setdefault((record[2], hour), []).append(record)
+        written = 0
+        for (lineage, hour), records in groups.items():
+            ts, request_ids, index, predictions = [], [], [], []
+            columns: list[list] = [[] for _ in lineage.features]
+            for t, request_id, _, rows, preds in records:
+                for i, (row, pred) in enumerate(zip(rows, preds, strict=False)):
+                    ts.append(int(t * 1_000_000))
+                    request_ids.append(request_id)
+                    index.append(i)
+                    predictions.append(pred)
+                    for column, feature in zip(columns, lineage.features, strict=True):
+                        column.append(row.get(feature))
+            n = len(ts)
+            if not n:
+                continue
+            dtypes = lineage.dtypes or ("double",) * len(lineage.features)
+            features = pa.StructArray.from_arrays(
+                [pa.array(c, _arrow_type(d)) for c, d in zip(columns, dtypes, strict=True)],
+                names=list(lineage.features),
+            )
+            table = pa.table(
+                {
+                    "ts": pa.array(ts, pa.timestamp("us", tz="UTC")),
+                    "request_id": pa.array(request_ids, pa.string()),
+                    "row": pa.array(index, pa.int32()),
+                    "model": pa.array([lineage.model] * n, pa.string()),
+                    "version": pa.array([lineage.version] * n, pa.string()),
+                    "run_id": pa.array([lineage.run_id] * n, pa.string()),
+                    "data_hash": pa.array([lineage.data_hash] * n, pa.string()),
+                    "image_digest": pa.array([lineage.image_digest] * n, pa.string()),
+                    "prediction": pa.array(predictions, pa.float64()),
+                    "features": features,
+                }
+            )
+            part = self._parts.get((lineage, hour))
+            if part is None:
+                part = self._open_part(lineage, hour, table.schema)
+            part.writer.write_table(table)
+            part.rows += n
+            written += n
+        now = time.monotonic()
+        current_hour = datetime.now(UTC).strftime("%Y-%m-%d/%H")
+        for key, part in list(self._parts.items()):
+            if close_all or part.hour != current_hour or now - part.opened >= self.roll_seconds:
+                self._close_part(key)
+        return written
+
+    def _open_part(self, lineage: Lineage, hour: str, schema: Any) -> _Part:
+        import pyarrow.parquet as pq
+
+        date, hh = hour.split("/")
+        folder = self.directory / f"model={_safe(lineage.model)}" / f"date={date}" / f"hour={hh}"
+        folder.mkdir(parents=True, exist_ok=True)
+        self._seq += 1
+        name = f"v{_safe(lineage.version)}-{datetime.now(UTC):%H%M%S}-{os.getpid()}-{self._seq}.parquet"
+        path = folder / name
+        writer = pq.ParquetWriter(str(path) + ".tmp", schema, compression="zstd")
+        part = _Part(path=path, writer=writer, opened=time.monotonic(), hour=hour)
+        self._parts[(lineage, hour)] = part
+        return part
+
+    def _close_part(self, key: tuple[Lineage, str]) -> None:
+        part = self._parts.pop(key)
+        part.writer.close()
+        os.replace(str(part.path) + ".tmp", part.path)
+        self.files_closed += 1
