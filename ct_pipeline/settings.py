@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +30,37 @@ class Settings(BaseSettings):
     gateway_port: int = 8700
     model_server_base_port: int = 3700
     bind_host: str = "127.0.0.1"
+
+    # Model-service OCI image (ct_pipeline.image): built from the promoted Bento, pushed, pinned by digest.
+    image_engine: Literal["auto", "docker", "podman", "buildah", "none"] = Field(
+        default="auto",
+        description="docker = Docker API via the docker SDK (a Docker daemon or podman's compatible socket); "
+        "podman / buildah = their CLIs; auto = the first that works; none = Bento only.",
+    )
+    image_registry: str = Field(default="127.0.0.1:5000", description="Registry host[:port] images are pushed to.")
+    image_repository_prefix: str = Field(
+        default="ct-pipeline", description="Path inside the registry: <registry>/<prefix>/<model>."
+    )
+    image_registry_insecure: bool | None = Field(
+        default=None, description="Plain HTTP to the registry; default: only for loopback registries."
+    )
+    image_base: str = Field(
+        default="localhost/ct-pipeline/bento-base:bookworm-py3.11",
+        description="FROM of the Bento's Dockerfile (a local image, never pulled; scripts/containers-setup.sh "
+        "builds the default); empty = BentoML's own base (python:<version>-slim).",
+    )
+    image_source: str | None = Field(
+        default=None, description="org.opencontainers.image.source; default: the checkout's git remote origin."
+    )
+    image_network: str = Field(default="host", description="Network mode of RUN steps during image builds.")
+    image_build_timeout: int = Field(default=1800, description="Seconds a build or push may take.")
+    docker_host: str | None = Field(
+        default=None, description="Docker API endpoint; default DOCKER_HOST, then the podman socket, then "
+        "unix:///var/run/docker.sock."
+    )
+    podman_socket: Path | None = Field(
+        default=None, description="podman system service socket; default HOME/containers/podman.sock."
+    )
 
     @cached_property
     def home_dir(self) -> Path:
@@ -61,6 +93,14 @@ class Settings(BaseSettings):
     @property
     def runtime_dir(self) -> Path:
         return self.home_dir / "runtime"
+
+    @property
+    def containers_dir(self) -> Path:
+        return self.home_dir / "containers"
+
+    @property
+    def podman_socket_path(self) -> Path:
+        return (self.podman_socket or self.containers_dir / "podman.sock").expanduser().resolve()
 
 
 def get_settings() -> Settings:
