@@ -78,10 +78,13 @@ def step_gate(
 
 
 def step_package(spec: ModelSpec, settings: Settings, decision: GateDecision) -> BentoRef:
+    """The Bento of the approved version, then its OCI image pushed and pinned by digest when a container engine
+    is configured or available (CTPIPE_IMAGE_ENGINE; ``auto`` without one packages the Bento only)."""
+    from ct_pipeline.image import package_image
     from ct_pipeline.package import build_bento
 
     configure_environment(settings)
-    return build_bento(spec, decision, settings)
+    return package_image(build_bento(spec, decision, settings), settings)
 
 
 def step_promote(spec: ModelSpec, settings: Settings, decision: GateDecision, bento: BentoRef) -> PromotionRecord:
@@ -143,7 +146,8 @@ def run_pipeline(
     if not decision.promote:
         return StepOutcome(model=spec.name, status="not_promoted", reason=decision.reason, decision=decision)
     bento = step_package(spec, settings, decision)
-    report("package", f"bento {bento.bento_tag}")
+    image = f", image {bento.image_repository}:{bento.image_tag}@{bento.image_digest}" if bento.image_digest else ""
+    report("package", f"bento {bento.bento_tag}{image}")
     promotion = step_promote(spec, settings, decision, bento)
     report("promote", f"branch {promotion.branch}: {promotion.title}")
     return StepOutcome(
