@@ -1,0 +1,511 @@
+"""The model-service OCI image on the real engine: podman (its Docker-compatible socket through the docker SDK,
+and the podman / buildah CLIs), a real registry (Debian's docker-registry on 127.0.0.1:5000), real Bentos.
+
+Needs scripts/containers-setup.sh to work on this machine (root + apt for the first run, ~3 min; then ~1 s):
+the module runs it itself and FAILS, saying why, when it cannot. Nothing here is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+import urllib.request
+import uuid
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from test_serving_support import frame, free_tcp_port, make_decision, make_spec, register_model, shared_bento_home
+
+from ct_pipeline import image as image_mod
+from ct_pipeline.image import (
+    CT,
+    OCI,
+    EngineUnavailable,
+    ImageError,
+    Registry,
+    build_and_push,
+    image_repository,
+    image_tag,
+    package_image,
+    prepare_context,
+    select_engine,
+)
+from ct_pipeline.records import BentoRef
+from ct_pipeline.settings import Settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SETUP = REPO_ROOT / "scripts" / "containers-setup.sh"
+# Where the engine's state lives (base image, layer cache, registry storage): the make/demo home, captured
+# before the per-test fixtures point CTPIPE_HOME elsewhere, so the base image is built once per machine.
+CONTAINERS_HOME = Path(os.environ.get("CTPIPE_HOME") or REPO_ROOT / ".ctpipe").resolve()
+PREFIX = f"ct-test-{uuid.uuid4().hex[:8]}"  # a fresh repository per run: the first push is a real one
+REQUIRED_LABELS = [
+    f"{OCI}.source",
+    f"{OCI}.revision",
+    f"{OCI}.version",
+    f"{CT}.model",
+    f"{CT}.model-version",
+    f"{CT}.mlflow-run-id",
+    f"{CT}.data-hash",
+]
+TIMINGS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_timings(request):
+    """Print the measured timings of the image tests at the end of the module (setup, build, push, pull, run)."""
+    yield
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None and TIMINGS:
+        reporter.write_line("")
+        for what, seconds in TIMINGS.items():
+            reporter.write_line(f"image timing: {what}: {seconds:.1f} s")
+
+
+# ------------------------------------------------------------------------------------------ no engine needed
+
+
+def _ref(**kw) -> BentoRef:
+    base = {
+        "model": "fraud-detector",
+        "version": "7",
+        "run_id": "0123456789abcdef",
+        "bento_tag": "fraud-detector:abc",
+        "bento_model_tag": "fraud-detector:v7-0123456789ab",
+        "data_hash": "sha256:" + "ab" * 32,
+    }
+    return BentoRef(**{**base, **kw})
+
+
+def test_names(tmp_path):
+    s = Settings(home=tmp_path, image_registry="127.0.0.1:5000", image_repository_prefix="Team/ML")
+    assert image_repository(s, "fraud-detector") == "127.0.0.1:5000/team/ml/fraud-detector"
+    assert image_repository(s.model_copy(update={"image_repository_prefix": ""}), "m") == "127.0.0.1:5000/m"
+    assert image_tag(_ref()) == "fraud-detector-v7"
+    assert image_tag(_ref(version="3 rc/1")) == "fraud-detector-v3-rc-1"
+
+
+def test_labels_carry_lineage(tmp_path):
+    s = Settings(home=tmp_path, image_source="https://github.com/acme/ct-pipeline")
+    labels = image_mod.image_labels(_ref(), s)
+    assert labels[f"{OCI}.source"] == "https://github.com/acme/ct-pipeline"
+    assert labels[f"{CT}.mlflow-run-id"] == "0123456789abcdef" and labels[f"{CT}.data-hash"] == "sha256:" + "ab" * 32
+    assert labels[f"{OCI}.revision"] not in ("", "unknown")  # this checkout is a git repository
+    assert image_mod.same_model(labels, _ref()) and not image_mod.same_model(labels, _ref(run_id="other"))
+
+
+def test_no_engine_says_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    s = Settings(
+        home=tmp_path,
+        image_engine="auto",
+        docker_host=f"unix://{tmp_path}/no.sock",
+        image_base="localhost/ct-pipeline/no-such-base:1",
+    )
+    with pytest.raises(EngineUnavailable) as exc:
+        select_engine(s)
+    text = str(exc.value)
+    assert "docker:" in text and "no.sock" in text and "podman:" in text and "buildah:" in text
+    assert "containers-setup.sh" in text and "CTPIPE_IMAGE_ENGINE=none" in text
+    # auto without an engine: the package step keeps the Bento only
+    assert package_image(_ref(), s) == _ref()
+    # a configured engine that is not there is an error, not a silent Bento-only run
+    with pytest.raises(EngineUnavailable, match="CTPIPE_IMAGE_ENGINE=docker"):
+        package_image(_ref(), s.model_copy(update={"image_engine": "docker"}))
+    assert package_image(_ref(), s.model_copy(update={"image_engine": "none"})) == _ref()
+
+
+def test_unreachable_registry_fails_before_building(tmp_path):
+    s = Settings(home=tmp_path, image_registry=f"127.0.0.1:{free_tcp_port()}")
+
+    class NoBuild:
+        name = "spy"
+
+        def __getattr__(self, item):
+            raise AssertionError(f"engine.{item} must not be called")
+
+    with pytest.raises(ImageError, match="not reachable"):
+        build_and_push(_ref(), s, engine=NoBuild())
+
+
+# ------------------------------------------------------------------------------------------ the real engine
+
+
+@pytest.fixture(scope="module")
+def containers():
+    """Run scripts/containers-setup.sh (idempotent) and put its environment into this process."""
+    env = {**os.environ, "CTPIPE_HOME": str(CONTAINERS_HOME)}
+    for var in ("CTPIPE_IMAGE_REGISTRY", "CTPIPE_IMAGE_BASE"):
+        env.pop(var, None)
+    started = time.monotonic()
+    proc = subprocess.run(["bash", str(SETUP)], capture_output=True, text=True, env=env, timeout=840)
+    TIMINGS["setup"] = time.monotonic() - started
+    assert proc.returncode == 0, f"scripts/containers-setup.sh failed (the image tests need it):\n{proc.stderr}"
+    exported = {}
+    for line in proc.stdout.splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        exported[key.strip()] = value.strip()
+    assert {"CONTAINERS_CONF", "CTPIPE_DOCKER_HOST", "CTPIPE_IMAGE_BASE"} <= set(exported), proc.stdout
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in exported.items():
+            if not key.startswith("CTPIPE_"):  # CONTAINERS_*: the podman/buildah CLIs read them
+                mp.setenv(key, value)
+        yield exported
+
+
+@pytest.fixture(scope="module")
+def img_settings(containers, tmp_path_factory):
+    home = tmp_path_factory.mktemp("image-home")
+    with pytest.MonkeyPatch.context() as mp:
+        s = Settings(
+            home=home,
+            bentoml_home=shared_bento_home(tmp_path_factory),
+            image_engine="docker",
+            docker_host=containers["CTPIPE_DOCKER_HOST"],
+            image_registry=containers["CTPIPE_IMAGE_REGISTRY"],
+            image_base=containers["CTPIPE_IMAGE_BASE"],
+            image_repository_prefix=PREFIX,
+        )
+        s.home_dir.mkdir(parents=True, exist_ok=True)
+        mp.setenv("MLFLOW_TRACKING_URI", s.tracking_uri)
+        mp.setenv("BENTOML_HOME", str(s.bento_home))
+        mp.setenv("BENTOML_DO_NOT_TRACK", "true")
+        mp.setenv("CTPIPE_HOME", str(home))
+        yield s
+
+
+@pytest.fixture(scope="module")
+def docker_client(img_settings):
+    import docker
+
+    client = docker.DockerClient(base_url=img_settings.docker_host, timeout=600)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def bento(img_settings):
+    """A real Bento of a real MLflow model version (logistic regression on 3 features)."""
+    from ct_pipeline.package import build_bento
+
+    spec = make_spec()
+    version, run_id, model = register_model(spec.name)
+    ref = build_bento(spec, make_decision(spec.name, version, run_id), img_settings)
+    return ref, model
+
+
+@pytest.fixture(scope="module")
+def pushed(img_settings, bento):
+    """The image built with the docker SDK against podman's socket, pushed to the registry."""
+    ref, _ = bento
+    started = time.monotonic()
+    out = build_and_push(ref, img_settings)
+    TIMINGS["build+push (docker SDK)"] = time.monotonic() - started
+    return out
+
+
+class _SpyEngine:
+    """Wraps a real engine and records calls; ``forbid_build`` makes a build a test failure."""
+
+    def __init__(self, engine, forbid_build: bool = False):
+        self.engine, self.forbid_build, self.calls = engine, forbid_build, []
+        self.name = engine.name
+
+    def describe(self):
+        return self.engine.describe()
+
+    def build(self, *args, **kwargs):
+        self.calls.append("build")
+        assert not self.forbid_build, "the image was rebuilt"
+        return self.engine.build(*args, **kwargs)
+
+    def labels(self, ref):
+        return self.engine.labels(ref)
+
+    def push(self, ref, insecure):
+        self.calls.append("push")
+        return self.engine.push(ref, insecure)
+
+
+def test_context_is_bentomls_with_the_local_base(img_settings, bento, tmp_path):
+    ref, _ = bento
+    dockerfile = (tmp_path / prepare_context(ref, img_settings, tmp_path)).read_text()
+    assert dockerfile.count(f"FROM {img_settings.image_base} AS base-container") == 1
+    assert "USER bentoml" in dockerfile and "python:3.11-slim" not in dockerfile
+    name, _, version = ref.bento_model_tag.partition(":")
+    assert (tmp_path / "models" / name / version / "mlflow_model" / "MLmodel").is_file()
+    assert (tmp_path / "src" / "ct_model.json").is_file() and (tmp_path / "bento.yaml").is_file()
+
+
+def test_auto_detects_podman_socket_through_docker_host(img_settings, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", img_settings.docker_host)
+    engine = select_engine(img_settings.model_copy(update={"image_engine": "auto", "docker_host": None}))
+    assert engine.name == "docker" and "podman" in engine.describe()
+
+
+def test_build_push_pin_by_digest(img_settings, bento, pushed):
+    ref, _ = bento
+    repository = f"{img_settings.image_registry}/{PREFIX}/fraud-detector"
+    assert (pushed.image_repository, pushed.image_tag) == (repository, f"fraud-detector-v{ref.version}")
+    assert pushed.image_digest.startswith("sha256:") and len(pushed.image_digest) == 71
+    assert pushed.model_copy(update={"image_repository": None, "image_tag": None, "image_digest": None}) == ref
+
+    registry = Registry(img_settings.image_registry)
+    try:
+        assert registry.digest(repository, pushed.image_tag) == pushed.image_digest
+        config = registry.config(repository, pushed.image_digest)
+    finally:
+        registry.close()
+    labels = config["config"]["Labels"]
+    assert all(labels.get(k) for k in REQUIRED_LABELS), {k: labels.get(k) for k in REQUIRED_LABELS}
+    assert labels[f"{CT}.mlflow-run-id"] == ref.run_id and labels[f"{CT}.data-hash"] == ref.data_hash
+    assert labels[f"{OCI}.version"] == ref.version and labels[f"{CT}.bento-tag"] == ref.bento_tag
+    assert config["config"]["User"] == "bentoml"  # BentoML's non-root user, set by its Dockerfile
+
+    # the GitOps values file records repository, human tag and digest; the chart then runs repository@digest
+    from ct_pipeline.manifest import bump, read_deployed, render_initial_values
+
+    spec = make_spec()
+    deployed = read_deployed(bump(render_initial_values(spec), pushed), spec)
+    assert (deployed.image_repository, deployed.image_tag, deployed.image_digest) == (
+        repository,
+        pushed.image_tag,
+        pushed.image_digest,
+    )
+
+
+def test_rerun_reuses_the_image(img_settings, bento, pushed):
+    ref, _ = bento
+    spy = _SpyEngine(select_engine(img_settings), forbid_build=True)
+    started = time.monotonic()
+    again = build_and_push(ref, img_settings, engine=spy)
+    TIMINGS["re-run (registry reuse)"] = time.monotonic() - started
+    assert again == pushed and spy.calls == []
+
+
+def test_local_image_is_pushed_without_rebuild(img_settings, bento, pushed):
+    """The registry lost the tag (e.g. an earlier push failed): the local image is pushed again, not rebuilt."""
+    import httpx
+
+    ref, _ = bento
+    name = pushed.image_repository.partition("/")[2]
+    url = f"http://{img_settings.image_registry}/v2/{name}/manifests/{pushed.image_digest}"
+    assert httpx.delete(url).status_code == 202
+    spy = _SpyEngine(select_engine(img_settings), forbid_build=True)
+    again = build_and_push(ref, img_settings, engine=spy)
+    assert spy.calls == ["push"]
+    assert (again.image_repository, again.image_tag) == (pushed.image_repository, pushed.image_tag)
+    registry = Registry(img_settings.image_registry)
+    try:
+        assert registry.digest(again.image_repository, again.image_tag) == again.image_digest
+    finally:
+        registry.close()
+
+
+def _wait_ready(url: str, container, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        container.reload()
+        if container.status not in ("created", "running"):
+            raise AssertionError(f"container exited ({container.status}):\n{container.logs().decode()[-3000:]}")
+        time.sleep(0.5)
+    raise AssertionError(f"{url}/readyz not ready in {timeout} s:\n{container.logs().decode()[-3000:]}")
+
+
+def _post(url: str, body: dict) -> object:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.load(resp)
+
+
+def test_pull_by_digest_run_predict_health_nonroot(img_settings, docker_client, bento, pinned_image):
+    ref, model = bento
+    pinned = pinned_image
+    # pull by digest from the registry (the local tag is dropped first, so the pull is what provides it)
+    docker_client.images.remove(f"{pinned.image_repository}:{pinned.image_tag}", force=True)
+    started = time.monotonic()
+    pulled = docker_client.images.pull(f"{pinned.image_repository}@{pinned.image_digest}")
+    TIMINGS["pull by digest"] = time.monotonic() - started
+    assert pulled.labels[f"{CT}.mlflow-run-id"] == ref.run_id
+
+    port = free_tcp_port()
+    container = docker_client.containers.run(
+        f"{pinned.image_repository}@{pinned.image_digest}",
+        command=["--host", "127.0.0.1", "--port", str(port)],  # the entrypoint runs `bentoml serve ARGS $BENTO`
+        network_mode="host",
+        environment={"BENTOML_DO_NOT_TRACK": "true"},
+        detach=True,
+    )
+    try:
+        started = time.monotonic()
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url, container)
+        TIMINGS["container start -> /readyz"] = time.monotonic() - started
+
+        x, _ = frame(n=5, seed=3)
+        rows = x.to_dict(orient="records")
+        scores = _post(f"{url}/predict", {"rows": rows})
+        expected = model.predict_proba(x)[:, 1]
+        assert [round(s, 6) for s in scores] == [round(float(e), 6) for e in expected]
+        assert _post(f"{url}/metadata", {})["run_id"] == ref.run_id
+
+        # inside the container: the user, and the endpoints the chart's probes (and clients) use
+        uid = container.exec_run(["id", "-u"])
+        assert uid.exit_code == 0 and uid.output.decode().strip() == "1034"  # bentoml, not root (0)
+        check = (
+            "import json, urllib.request as u\n"
+            f"b = 'http://127.0.0.1:{port}'\n"
+            "print(u.urlopen(b + '/livez').status, u.urlopen(b + '/readyz').status)\n"
+            "r = u.Request(b + '/predict', data=json.dumps({'rows': %s}).encode(),"
+            " headers={'Content-Type': 'application/json'})\n"
+            "print(json.load(u.urlopen(r)))\n" % json.dumps(rows[:1])
+        )
+        inside = container.exec_run(["python", "-c", check])
+        assert inside.exit_code == 0, inside.output.decode()
+        health, predicted = inside.output.decode().strip().splitlines()
+        assert health == "200 200"
+        assert round(json.loads(predicted)[0], 6) == round(float(expected[0]), 6)
+    finally:
+        container.remove(force=True)
+
+
+@pytest.fixture(scope="module")
+def pinned_image(img_settings, pushed):
+    """The pinned image as the registry holds it after the other docker-engine tests ran."""
+    registry = Registry(img_settings.image_registry)
+    try:
+        digest = registry.digest(pushed.image_repository, pushed.image_tag)
+    finally:
+        registry.close()
+    return pushed.model_copy(update={"image_digest": digest})
+
+
+@pytest.mark.parametrize("engine", ["podman", "buildah"])
+def test_cli_engines_build_push_with_annotations(img_settings, bento, engine):
+    """BentoML's containerize backends (the podman / buildah CLIs): same image, OCI manifest annotations too."""
+    ref, _ = bento
+    s = img_settings.model_copy(update={"image_engine": engine, "image_repository_prefix": f"{PREFIX}-{engine}"})
+    started = time.monotonic()
+    out = build_and_push(ref, s)
+    TIMINGS[f"build+push ({engine} CLI)"] = time.monotonic() - started
+    registry = Registry(s.image_registry)
+    try:
+        assert registry.digest(out.image_repository, out.image_tag) == out.image_digest
+        manifest = registry.manifest(out.image_repository, out.image_digest)
+        labels = registry.labels(out.image_repository, out.image_digest)
+    finally:
+        registry.close()
+    assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    annotations = manifest.get("annotations") or {}
+    assert all(annotations.get(k) for k in REQUIRED_LABELS), annotations
+    assert all(labels.get(k) for k in REQUIRED_LABELS)
+
+
+# ------------------------------------------------------------------------------------------ in the loop
+
+
+class _RefusingRegistry(BaseHTTPRequestHandler):
+    """Answers the API version check, has no images, refuses every upload: every push fails."""
+
+    def _send(self, code: int, body: bytes = b"{}") -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Docker-Distribution-Api-Version", "registry/2.0")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def do_GET(self):
+        self._send(200 if self.path == "/v2/" else 404)
+
+    do_HEAD = do_GET
+
+    def do_POST(self):
+        self._send(403, b'{"errors": [{"code": "DENIED", "message": "pushes refused"}]}')
+
+    do_PUT = do_PATCH = do_POST
+
+    def log_message(self, *args):
+        pass
+
+
+def _write_data(settings: Settings, end: datetime) -> None:
+    x, y = frame(n=400, seed=7)
+    x["ts"] = [end - timedelta(hours=i + 1) for i in range(len(x))][::-1]
+    x["is_fraud"] = y
+    path = settings.data_root / "tx.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    x.to_csv(path, index=False)
+
+
+def _promotion_values(settings: Settings, spec) -> dict[str, str]:
+    """branch -> values file of the model on every promote/* branch of the GitOps remote."""
+    git = ["git", "--git-dir", settings.gitops_remote_url]
+    branches = subprocess.run(
+        [*git, "for-each-ref", "--format=%(refname:short)", "refs/heads/promote/"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return {
+        b: subprocess.run([*git, "show", f"{b}:{spec.manifest_path}"], capture_output=True, text=True).stdout
+        for b in branches
+    }
+
+
+def test_pipeline_promotes_the_image_by_digest_and_a_failed_push_changes_nothing(img_settings, tmp_path):
+    """run_pipeline end to end: the promotion's values file pins the pushed image by digest. Then a run whose
+    push fails raises, and the GitOps remote is left exactly as it was (no branch, no manifest change)."""
+    from ct_pipeline.gitops import init_local_remote
+    from ct_pipeline.manifest import read_deployed
+    from ct_pipeline.pipeline import run_pipeline
+
+    s = img_settings.model_copy(update={"gitops_remote": str(tmp_path / "gitops.git"), "data_dir": tmp_path / "data"})
+    spec = make_spec(name="image-loop")
+    end = datetime(2026, 11, 1, tzinfo=UTC)
+    _write_data(s, end)
+    init_local_remote(s, [spec])
+    main_before = subprocess.run(
+        ["git", "--git-dir", s.gitops_remote_url, "rev-parse", "main"], capture_output=True, text=True, check=True
+    ).stdout
+
+    outcome = run_pipeline(spec, s, end, force=True, force_reason="test", forced_by="test_image")
+    assert outcome.status == "promoted", outcome.reason
+    bento = outcome.bento
+    assert bento.image_digest and bento.image_repository.endswith(f"/{PREFIX}/image-loop")
+    values = _promotion_values(s, spec)
+    assert list(values) == [outcome.promotion.branch]
+    deployed = read_deployed(values[outcome.promotion.branch], spec)
+    assert (deployed.version, deployed.image_digest, deployed.image_tag) == (
+        bento.version,
+        bento.image_digest,
+        f"image-loop-v{bento.version}",
+    )
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _RefusingRegistry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        refusing = s.model_copy(update={"image_registry": f"127.0.0.1:{server.server_address[1]}"})
+        with pytest.raises(ImageError, match="push of"):
+            run_pipeline(spec, refusing, end, force=True, force_reason="test", forced_by="test_image")
+    finally:
+        server.shutdown()
+    assert _promotion_values(s, spec) == values  # no new promotion branch, no manifest change
+    main_after = subprocess.run(
+        ["git", "--git-dir", s.gitops_remote_url, "rev-parse", "main"], capture_output=True, text=True, check=True
+    ).stdout
+    assert main_after == main_before
