@@ -348,6 +348,27 @@ def status(model: str) -> None:
 
 
 @app.command()
+def history(model: str) -> None:
+    """Which version production (the spec's environment) ran when, from Git; rolled-back versions marked."""
+    from ct_pipeline.pipeline import production_history, publisher_for
+
+    settings = _settings()
+    spec = _spec(settings, model)
+    periods, rolled_back = production_history(publisher_for(spec, settings), spec)
+    if not periods:
+        console.print(f"{spec.name}: never promoted in {spec.gitops.environment}")
+        return
+    table = Table("version", "since", "until", "cause", "commit", title=f"{spec.name} in {spec.gitops.environment}")
+    for p in reversed(periods):
+        version = f"v{p.version}" if p.version else "(nothing)"
+        if p.version in rolled_back:
+            version += f" [red](rolled back {rolled_back[p.version][:10]})[/]"
+        until = p.until.strftime("%Y-%m-%d %H:%M:%S") if p.until else "now"
+        table.add_row(version, p.since.strftime("%Y-%m-%d %H:%M:%S"), until, p.cause, p.commit[:10])
+    console.print(table)
+
+
+@app.command()
 def predict(
     rows: Annotated[str, typer.Argument(help="JSON list of feature rows, or @file.json")],
     url: Annotated[str | None, typer.Option(help="gateway base URL")] = None,

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ct_pipeline.metrics import metric, scores_from_prediction, weighted_metric
 from ct_pipeline.records import GateCheck, GateDecision, ModelRef, SliceResult, TrainResult
-from ct_pipeline.registry import CHALLENGER, CHAMPION, ModelRegistry, RegistryError
+from ct_pipeline.registry import CHALLENGER, CHAMPION, FINGERPRINT, ROLLED_BACK, ModelRegistry, RegistryError
 from ct_pipeline.spec import GateSpec, ModelSpec, TaskType
 
 BOOTSTRAP_CHUNK = 50  # resamples per vectorised block: bounds memory at 50 x rows floats
@@ -196,6 +196,23 @@ def model_size_bytes(model) -> int | None:
     return int(size) if size else None
 
 
+def rolled_back_check(spec: ModelSpec, registry: ModelRegistry, version: str) -> GateCheck:
+    """A model that was rolled back comes back only with force and a reason, not with the next scheduled run."""
+    model = spec.registered_model_name
+    mine = registry.get_version_tags(model, version).get(FINGERPRINT)
+    for other in registry.versions_tagged(model, ROLLED_BACK, "true"):
+        tags = registry.get_version_tags(model, other)
+        if other == version or (mine and tags.get(FINGERPRINT) == mine):
+            commit = tags.get(f"{ROLLED_BACK}.commit", "")[:10]
+            same = "is" if other == version else f"is the same model (data and candidate) as v{other}, which was"
+            return GateCheck(
+                name="rolled_back",
+                passed=False,
+                detail=f"v{version} {same} rolled back ({commit}); promote it again only with force and a reason",
+            )
+    return GateCheck(name="rolled_back", passed=True, judged=False, detail="not a rolled-back model")
+
+
 def _failure_reason(failing: list[GateCheck]) -> str:
     reason = f"{failing[0].name} failed: {failing[0].detail}"
     return reason + (f" (and {len(failing) - 1} more failing check(s))" if len(failing) > 1 else "")
@@ -302,6 +319,7 @@ def evaluate(
             fields["slices"], slice_checks = slice_results(spec, holdout, y, challenger_scores, champion_scores)
             checks.extend(slice_checks)
 
+    checks.append(rolled_back_check(spec, registry, best.version))
     failing = [c for c in checks if c.judged and not c.passed]
     if not primary_ok:
         promote, reason = False, primary_reason

@@ -6,6 +6,7 @@ pull -> train -> gate -> package -> promote, preceded by ``sync`` (the registry 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 
 from ct_pipeline.records import (
@@ -35,14 +36,39 @@ def registry_for(settings: Settings):
     return MlflowRegistry(settings.tracking_uri)
 
 
-def step_sync(spec: ModelSpec, settings: Settings) -> str:
-    """Make MLflow's champion alias match what the GitOps base branch deploys."""
-    from ct_pipeline.gitops import deployed_model
-    from ct_pipeline.registry import sync_champion
+def production_history(publisher, spec: ModelSpec, limit: int = 40):
+    """Which version the base branch deployed when, and which promotions were reverted, read from Git."""
+    from ct_pipeline.manifest import read_deployed
+    from ct_pipeline.registry import ProductionPeriod
 
-    return sync_champion(
-        registry_for(settings), spec.registered_model_name, deployed_model(publisher_for(spec, settings), spec)
-    )
+    events = [e for e in publisher.history(spec.name) if e.environment == spec.gitops.environment][:limit]
+    periods: list[ProductionPeriod] = []
+    rolled_back: dict[str, str] = {}
+    for event in sorted(events, key=lambda e: e.at):
+        text = publisher.read_file(spec.manifest_path, ref=event.commit)
+        deployed = read_deployed(text, spec) if text else None
+        if periods:
+            periods[-1] = replace(periods[-1], until=event.at)
+        periods.append(
+            ProductionPeriod(deployed.version if deployed else None, event.at, None, event.commit, event.kind)
+        )
+        if event.kind == "promote" and event.reverted_by:
+            rolled_back[event.version] = event.reverted_by
+    return periods, rolled_back
+
+
+def step_sync(spec: ModelSpec, settings: Settings) -> str:
+    """Make the registry follow the GitOps base branch: champion alias, production history, rolled-back marks."""
+    from ct_pipeline.gitops import deployed_model
+    from ct_pipeline.registry import record_history, sync_champion
+
+    publisher, registry = publisher_for(spec, settings), registry_for(settings)
+    model = spec.registered_model_name
+    lines = [sync_champion(registry, model, deployed_model(publisher, spec))]
+    periods, rolled_back = production_history(publisher, spec)
+    if periods:
+        lines += record_history(registry, model, spec.gitops.environment, periods, rolled_back)
+    return "\n".join(lines)
 
 
 def step_pull(spec: ModelSpec, settings: Settings, end: datetime, window: str | None = None) -> WindowSnapshot:

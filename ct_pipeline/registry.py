@@ -5,7 +5,9 @@ The registry never leads: ``champion`` is whatever the GitOps base branch deploy
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from ct_pipeline.records import DeployedModel, ModelRef
@@ -25,6 +27,12 @@ class ModelRegistry(Protocol):
     def set_version_tags(self, model: str, version: str, tags: dict[str, str]) -> None: ...
     def get_version_tags(self, model: str, version: str) -> dict[str, str]: ...
     def load_pyfunc(self, model: str, version: str) -> Any: ...
+    def versions_tagged(self, model: str, key: str, value: str) -> list[str]: ...
+    def set_model_tag(self, model: str, key: str, value: str) -> None: ...
+
+
+ROLLED_BACK = "ct.rolled_back"
+FINGERPRINT = "ct.fingerprint"
 
 
 @dataclass
@@ -76,6 +84,13 @@ class MlflowRegistry:
         except MlflowException:
             return False
 
+    def versions_tagged(self, model: str, key: str, value: str) -> list[str]:
+        found = self.client.search_model_versions(f"name = '{model}' and tags.`{key}` = '{value}'")
+        return sorted((str(v.version) for v in found), key=int)
+
+    def set_model_tag(self, model: str, key: str, value: str) -> None:
+        self.client.set_registered_model_tag(model, key, value)
+
     def load_pyfunc(self, model: str, version: str) -> Any:
         import mlflow.pyfunc
 
@@ -83,6 +98,50 @@ class MlflowRegistry:
             return mlflow.pyfunc.load_model(f"models:/{model}/{version}")
         except Exception as exc:  # artifacts gone, flavor missing, ...: the caller reports it
             raise RegistryError(f"cannot load {model} v{version} from the registry: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class ProductionPeriod:
+    """Version ``version`` was what ``environment``'s base branch deployed from ``since`` until ``until``."""
+
+    version: str | None
+    since: datetime
+    until: datetime | None
+    commit: str
+    cause: str  # "promote" or "revert"
+
+
+def record_history(
+    registry: ModelRegistry, model: str, environment: str, periods: list[ProductionPeriod], rolled_back: dict[str, str]
+) -> list[str]:
+    """Mirror Git's production history into the registry: a model tag, and a mark on every rolled-back version.
+
+    Git stays the record; the registry gets a copy people can query next to the versions (mlflow #2169).
+    """
+    notes = []
+    history = [
+        {
+            "version": p.version,
+            "since": p.since.isoformat(),
+            "until": p.until.isoformat() if p.until else None,
+            "commit": p.commit[:12],
+            "cause": p.cause,
+        }
+        for p in periods[-40:]  # tag values are bounded; Git keeps the full history
+    ]
+    registry.set_model_tag(model, f"ct.production_history.{environment}", json.dumps(history))
+    already = set(registry.versions_tagged(model, ROLLED_BACK, "true"))
+    live = periods[-1].version if periods else None
+    if live in already:  # brought back on purpose (a forced promotion): no longer counts as rolled back
+        registry.set_version_tags(model, live, {ROLLED_BACK: "false"})
+        notes.append(f"{model}: v{live} is deployed again; rolled-back mark cleared")
+    for version, commit in rolled_back.items():
+        if version == live:
+            continue
+        if version not in already:
+            registry.set_version_tags(model, version, {ROLLED_BACK: "true", f"{ROLLED_BACK}.commit": commit})
+            notes.append(f"{model}: v{version} marked rolled back (reverted in {commit[:10]})")
+    return notes
 
 
 def sync_champion(registry: ModelRegistry, model: str, deployed: DeployedModel | None) -> str:

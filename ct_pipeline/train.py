@@ -146,6 +146,18 @@ def load_split(spec: ModelSpec, snapshot: WindowSnapshot) -> tuple[pd.DataFrame,
     return split_holdout(df, spec.data.time_column, spec.data.holdout_fraction)
 
 
+def fingerprint(candidate: Candidate, snapshot: WindowSnapshot) -> str:
+    """Same data + same candidate definition = the same model, whatever the version number says.
+
+    The gate uses it to refuse, without force, a retrain of a version that was rolled back.
+    """
+    import hashlib
+    import json
+
+    definition = json.dumps(candidate.model_dump(mode="json"), sort_keys=True, default=str)
+    return hashlib.sha256(f"{snapshot.content_hash}|{definition}".encode()).hexdigest()[:32]
+
+
 def train_candidates(spec: ModelSpec, snapshot: WindowSnapshot, settings: Settings) -> TrainResult:
     import mlflow
     from mlflow.models import infer_signature
@@ -217,12 +229,14 @@ def train_candidates(spec: ModelSpec, snapshot: WindowSnapshot, settings: Settin
                 pip_requirements=requirements,
             )
             version = str(info.registered_model_version)
-            mlflow.MlflowClient().set_model_version_tag(
-                spec.registered_model_name, version, "ct.candidate", candidate.name
-            )
-            mlflow.MlflowClient().set_model_version_tag(
-                spec.registered_model_name, version, "ct.data_hash", snapshot.content_hash
-            )
+            client = mlflow.MlflowClient()
+            version_tags = {
+                "ct.candidate": candidate.name,
+                "ct.data_hash": snapshot.content_hash,
+                "ct.fingerprint": fingerprint(candidate, snapshot),
+            }
+            for key, value in version_tags.items():
+                client.set_model_version_tag(spec.registered_model_name, version, key, value)
             results.append(
                 CandidateResult(
                     name=candidate.name,

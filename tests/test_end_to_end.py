@@ -141,6 +141,23 @@ def test_loop_end_to_end(env):
     status = ctpipe(env, "status", "fraud-detector")
     assert "git, registry and serving agree" in status
 
+    # The registry mirrors Git's history, and the rolled-back model cannot sneak back with the next run.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{env['CTPIPE_HOME']}/mlflow.db")
+    assert client.get_model_version("fraud-detector", version_b).tags["ct.rolled_back"] == "true"
+    periods = json.loads(client.get_registered_model("fraud-detector").tags["ct.production_history.staging"])
+    assert [(p["version"], p["cause"]) for p in periods] == [
+        (version_a, "promote"),
+        (version_b, "promote"),
+        (version_a, "revert"),
+    ]
+    assert "rolled back" in ctpipe(env, "history", "fraud-detector")
+    rerun = json.loads(ctpipe(env, "run", "fraud-detector", "--end", end.isoformat(), "--json"))
+    assert rerun["status"] == "not_promoted"
+    refused = next(c for c in rerun["decision"]["checks"] if c["name"] == "rolled_back")
+    assert not refused["passed"] and f"as v{version_b}, which was rolled back" in refused["detail"]
+
     # 5. Bad input gets a 422 naming the field.
     bad = httpx.post(
         f"http://127.0.0.1:{env['CTPIPE_GATEWAY_PORT']}/predict", json={"rows": [{"amount": "lots"}]}, timeout=30

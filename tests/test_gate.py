@@ -120,6 +120,12 @@ class FakeRegistry:
     def get_version_tags(self, model, version):
         return self.tags.get(version, {})
 
+    def versions_tagged(self, model, key, value):
+        return sorted(v for v, tags in self.tags.items() if tags.get(key) == value)
+
+    def set_model_tag(self, model, key, value):
+        pass
+
     def load_pyfunc(self, model, version):
         if version in self.broken:
             raise RegistryError(f"cannot load {model} v{version} from the registry: artifacts missing")
@@ -316,3 +322,17 @@ def test_plots_are_rendered_as_png(trained):
     assert sorted(sink) == ["curves.png", "delta_by_slice.png"]
     assert all(data.startswith(b"\x89PNG") and len(data) > 5000 for data in sink.values())
     assert decision.plots == ["gate/plots/curves.png", "gate/plots/delta_by_slice.png"]
+
+
+def test_a_rolled_back_model_needs_force_to_come_back(trained):
+    spec, result, scores = trained
+    registry = FakeRegistry(scores, champion="1")
+    registry.tags = {
+        "2": {"ct.fingerprint": "abc"},
+        "9": {"ct.fingerprint": "abc", "ct.rolled_back": "true", "ct.rolled_back.commit": "deadbeef00"},
+    }
+    decision = evaluate(spec, result, registry)
+    assert not decision.promote
+    assert decision.reason.startswith("rolled_back failed: v2 is the same model (data and candidate) as v9")
+    forced = evaluate(spec, result, registry, force=True, force_reason="fixed the upstream bug", forced_by="ana")
+    assert forced.promote and forced.forced
