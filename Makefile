@@ -9,12 +9,13 @@ export AIRFLOW_HOME ?= $(CTPIPE_HOME)/airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: help venv demo test test-unit lint stop clean bench-gate
+.PHONY: help venv containers demo test test-unit lint stop clean bench-gate
 
 help:
 	@echo "make demo   - set up and run the whole continuous-training loop locally"
 	@echo "make test   - set up and run the tests"
 	@echo "make stop   - stop the local serving stack started by the demo"
+	@echo "make containers - podman + base image + local registry for the model-service images (demo/test do it)"
 	@echo "make lint   - ruff"
 	@echo "make bench-gate - false-promotion rate and power of the gate (about 10 minutes)"
 	@echo "make clean  - remove local state (.ctpipe) and the venv"
@@ -29,13 +30,19 @@ $(STAMP): pyproject.toml
 	uv pip install --quiet --python $(BIN)/python --python-version 3.12 --no-deps 'helm-sdkpy>=0.1.32'
 	@touch $(STAMP)
 
-demo: venv
+# Container engine for the model-service images: podman + a locally built base image + a registry on
+# 127.0.0.1:5000 (scripts/containers-setup.sh; first run ~3-4 min: apt + debootstrap + base image, then ~1 s).
+# Never fails make: without it the demo packages Bentos only and says why; tests/test_image.py fails saying why.
+containers:
+	@bash scripts/containers-setup.sh >/dev/null || echo "make: no container engine here (reason above): Bentos only, no images"
+
+demo: venv containers
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
 stop: venv
 	$(BIN)/ctpipe stop
 
-test: venv
+test: venv containers
 	$(BIN)/pytest -q -p no:cacheprovider --durations=15
 
 bench-gate: venv
@@ -48,4 +55,5 @@ lint: venv
 	$(BIN)/ruff check ct_pipeline dags serving tests
 
 clean: stop
+	-@bash scripts/containers-setup.sh --stop
 	rm -rf $(CTPIPE_HOME) $(VENV)
