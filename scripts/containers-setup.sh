@@ -5,7 +5,7 @@
 # on a unix socket (the Docker API the `docker` SDK talks to). Idempotent: every step checks before it acts.
 #
 #   eval "$(scripts/containers-setup.sh)"      # or: scripts/containers-setup.sh && . "$CTPIPE_HOME/containers/env"
-#   scripts/containers-setup.sh --stop         # stop the registry and the podman service started here
+#   scripts/containers-setup.sh --stop         # stop the registry + podman service started here, release the storage
 #
 # stdout carries only the `export ...` lines (also written to $CTPIPE_HOME/containers/env); progress on stderr.
 # Exit 0 = ready; exit 1 = it cannot be set up here, the last stderr line says why (callers degrade on it).
@@ -30,7 +30,12 @@ BASE_PACKAGES="python3,python3-pip,ca-certificates,gnupg2,bash,build-essential,g
 PACKAGES=(podman buildah skopeo runc debootstrap docker-registry)
 
 log() { printf '[containers-setup] %s\n' "$*" >&2; }
-die() { printf '[containers-setup] cannot set up containers: %s\n' "$*" >&2; exit 1; }
+# On failure: no env file (callers must not use a stale one), the reason in $DIR/unavailable.
+die() {
+  printf '%s\n' "$*" >"$DIR/unavailable"
+  printf '[containers-setup] cannot set up containers: %s\n' "$*" >&2
+  exit 1
+}
 mkdir -p "$DIR" "$CACHE" "$DIR/run"
 
 stop() {
@@ -41,8 +46,13 @@ stop() {
     fi
     rm -f "$pidfile"
   done
+  # containers/storage keeps its overlay directory bind-mounted; release it so the folder can be removed
+  if command -v mountpoint >/dev/null && mountpoint -q "$DIR/storage/overlay" 2>/dev/null; then
+    umount "$DIR/storage/overlay" && log "unmounted $DIR/storage/overlay"
+  fi
 }
 if [ "${1:-}" = "--stop" ]; then stop; exit 0; fi
+rm -f "$DIR/env" "$DIR/unavailable"
 
 # 1. packages (apt-get needs root)
 missing=()
