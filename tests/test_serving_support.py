@@ -60,6 +60,20 @@ def frame(n: int = 300, seed: int = 0):
     return x, y
 
 
+def _use_experiment(name: str) -> None:
+    """An experiment whose artifacts live next to the tracking DB, not in ./mlruns of the working directory."""
+    import os
+    from pathlib import Path
+
+    import mlflow
+
+    if mlflow.get_experiment_by_name(name) is None:
+        db = mlflow.get_tracking_uri().removeprefix("sqlite:///")
+        root = Path(os.environ.get("CTPIPE_HOME") or Path(db).parent)
+        mlflow.create_experiment(name, artifact_location=(root / "mlartifacts" / name).resolve().as_uri())
+    mlflow.set_experiment(name)
+
+
 def register_model(name: str = "fraud-detector", seed: int = 0, C: float = 1.0):
     """Train a tiny LogisticRegression, log + register it; returns (version, run_id, fitted model)."""
     import mlflow
@@ -68,7 +82,7 @@ def register_model(name: str = "fraud-detector", seed: int = 0, C: float = 1.0):
 
     x, y = frame(seed=seed)
     model = LogisticRegression(C=C, max_iter=500).fit(x, y)
-    mlflow.set_experiment(name)
+    _use_experiment(name)
     with mlflow.start_run() as run:
         info = mlflow.sklearn.log_model(
             model,
@@ -118,7 +132,7 @@ def register_regressor(name: str = "house-price", seed: int = 0):
     x, _ = frame(seed=seed)
     y = 3.0 * x["amount"] - 0.5 * x["n_tx"] + 10.0
     model = LinearRegression().fit(x, y)
-    mlflow.set_experiment(name)
+    _use_experiment(name)
     with mlflow.start_run() as run:
         info = mlflow.sklearn.log_model(
             model,
