@@ -68,6 +68,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
     || die "apt-get install ${PACKAGES[*]} failed (log: $DIR/apt.log)"
 fi
 
+case "$REGISTRY" in
+  127.0.0.1:* | localhost:*) local_registry=1 insecure=true ;;
+  *) local_registry=0 insecure=false ;;
+esac
+
 # 2. configuration through CONTAINERS_* files (nothing in /etc changes). runc, not crun ("cgroups in hybrid
 #    mode not supported"); explicit ulimits (podman's defaults fail with "setrlimit: Operation not permitted").
 cat >"$DIR/containers.conf" <<EOF
@@ -88,7 +93,7 @@ unqualified-search-registries = []
 
 [[registry]]
 location = "$REGISTRY"
-insecure = true
+insecure = $insecure
 EOF
 export CONTAINERS_CONF="$DIR/containers.conf"
 export CONTAINERS_STORAGE_CONF="$DIR/storage.conf"
@@ -136,12 +141,9 @@ EOF
   rm -rf "$ctx"
 fi
 
-# 4. the registry (plain HTTP on a loopback address)
-case "$REGISTRY" in
-  127.0.0.1:* | localhost:*) ;;
-  *) die "CTPIPE_IMAGE_REGISTRY=$REGISTRY is not a loopback address; this script only runs a local registry" ;;
-esac
-if ! curl -sf -o /dev/null "http://$REGISTRY/v2/"; then
+# 4. the registry (plain HTTP on a loopback address); another registry is the user's to run
+[ "$local_registry" = 1 ] || log "CTPIPE_IMAGE_REGISTRY=$REGISTRY is not local: not starting a registry"
+if [ "$local_registry" = 1 ] && ! curl -sf -o /dev/null "http://$REGISTRY/v2/"; then
   mkdir -p "$DIR/registry"
   cat >"$DIR/registry.yml" <<EOF
 version: 0.1
