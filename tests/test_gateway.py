@@ -278,3 +278,150 @@ def test_swap_waits_for_requests_in_flight_on_the_old_upstream():
         await app.state.gateway.close()
 
     asyncio.run(main())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Micro-batching, retries, circuit breaker, limits, prediction log
+
+
+def _app(handler, **overrides):
+    settings = GatewaySettings(upstream_url="http://model-a:3700", **overrides)
+    return create_app(settings, transport=httpx.MockTransport(handler))
+
+
+def test_concurrent_requests_are_micro_batched():
+    import asyncio
+
+    calls: list[int] = []
+    fake = fake_model_server()
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/predict":
+            calls.append(len(json.loads(request.content)["rows"]))
+            await asyncio.sleep(0.02)  # a model-server call takes a while: requests pile up meanwhile
+        return fake(request)
+
+    async def main():
+        app = _app(handler, batch_max_inflight=1, batch_max_rows=16)
+        await app.state.gateway.connect_initial(attempts=1)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+            amounts = [(-1) ** i * (i + 1) for i in range(40)]
+            answers = await asyncio.gather(*(c.post("/predict", json={"rows": [row(amount=a)]}) for a in amounts))
+            metrics = (await c.get("/metrics")).text
+        await app.state.gateway.close()
+        return amounts, answers, metrics
+
+    amounts, answers, metrics = asyncio.run(main())
+    assert all(a.status_code == 200 for a in answers)
+    # every request gets its own row's score back, whatever call it travelled in
+    assert [a.json()["predictions"] for a in answers] == [[0.75 if x > 0 else 0.25] for x in amounts]
+    assert sum(calls) == 40 and len(calls) < 10 and max(calls) <= 16, calls
+    assert f"ct_gateway_batch_rows_count {float(len(calls))}" in metrics
+    assert "ct_gateway_batch_requests_sum 40.0" in metrics
+
+
+def test_retries_on_503_then_succeeds():
+    fake = fake_model_server()
+    answers = iter([503, 503])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/predict":
+            status = next(answers, 200)
+            if status != 200:
+                return httpx.Response(status, json={"error": "process is overloaded"})
+        return fake(request)
+
+    with TestClient(_app(handler, retry_backoff=0.01)) as c:
+        resp = c.post("/predict", json={"rows": [row()]})
+        assert resp.status_code == 200, resp.text
+        assert 'ct_gateway_upstream_retries_total{reason="status_503"} 2.0' in c.get("/metrics").text
+
+
+def test_overloaded_after_retries_is_503_with_retry_after():
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/predict":
+            return httpx.Response(503, json={"error": "process is overloaded"})
+        return fake_model_server()(request)
+
+    with TestClient(_app(handler, retry_backoff=0.01, retries=1)) as c:
+        resp = c.post("/predict", json={"rows": [row()]})
+        assert resp.status_code == 503 and resp.json()["error"] == "upstream_overloaded"
+        assert "process is overloaded" in resp.json()["detail"] and resp.headers["Retry-After"] == "1"
+        assert resp.headers["X-Model-Version"] == "3"  # lineage on errors too
+
+
+def test_circuit_opens_fails_fast_and_recovers(down):
+    import time
+
+    calls: list[str] = []
+    app = _app(
+        fake_model_server(down=down, calls=calls), retries=0, breaker_failures=3, breaker_reset=0.3, batching=False
+    )
+    with TestClient(app) as c:
+        down.add("model-a")
+        for _ in range(3):
+            resp = c.post("/predict", json={"rows": [row()]})
+            assert resp.status_code == 503 and resp.json()["error"] == "upstream_unavailable"
+        before = len(calls)
+        resp = c.post("/predict", json={"rows": [row()]})
+        assert resp.status_code == 503 and "circuit open after 3 consecutive failed calls" in resp.json()["detail"]
+        assert "ConnectError" in resp.json()["detail"] and int(resp.headers["Retry-After"]) >= 1
+        assert len(calls) == before, "an open circuit does not call the model server"
+        assert "ct_gateway_circuit_state 1.0" in c.get("/metrics").text
+        down.clear()
+        time.sleep(0.35)
+        resp = c.post("/predict", json={"rows": [row()]})  # the half-open probe succeeds: closed again
+        assert resp.status_code == 200, resp.text
+        assert "ct_gateway_circuit_state 0.0" in c.get("/metrics").text
+        assert "ct_gateway_circuit_opens_total 1.0" in c.get("/metrics").text
+
+
+def test_body_size_limit_is_413(client):
+    huge = {"rows": [row()], "pad": "x" * 2_000_000}
+    resp = client.post("/predict", json=huge)
+    assert resp.status_code == 413 and resp.json()["error"] == "payload_too_large"
+    chunks = (b" " * 65536 for _ in range(20))  # no content-length: counted while streaming
+    resp = client.post("/predict", content=chunks, headers={"content-type": "application/json"})
+    assert resp.status_code == 413
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expect_status", "expect_error"),
+    [
+        (400, {"error": "1 validation error", "detail": [{"loc": ["rows", 0, "amount"], "msg": "bad"}]}, 422,
+         "rejected_by_model_server"),
+        (500, {"error": "An unexpected error has occurred"}, 502, "upstream_error"),
+        (200, [0.1, 0.2], 502, "upstream_error"),  # two scores for one row
+        (200, "not a list", 502, "upstream_error"),
+    ],
+)  # fmt: skip
+def test_model_server_errors_are_mapped(status, body, expect_status, expect_error):
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/predict":
+            return httpx.Response(status, json=body)
+        return fake_model_server()(request)
+
+    with TestClient(_app(handler)) as c:
+        resp = c.post("/predict", json={"rows": [row()]})
+        assert resp.status_code == expect_status and resp.json()["error"] == expect_error, resp.text
+        if expect_status == 422:
+            assert resp.json()["detail"][0]["loc"] == ["body", "rows", 0, "amount"]
+
+
+def test_prediction_log_written_by_the_gateway(tmp_path):
+    import pyarrow.dataset as ds
+
+    app = _app(fake_model_server(), prediction_log_dir=str(tmp_path), prediction_log_flush_interval=0.05)
+    with TestClient(app) as c:
+        for amount in (1.0, -1.0, 2.0):
+            resp = c.post("/predict", json={"rows": [row(amount=amount)]}, headers={"X-Request-Id": f"r{amount}"})
+            assert resp.status_code == 200
+        assert c.post("/predict", json={"rows": [row(), row(amount=-3.0)]}).status_code == 200
+    # shutdown flushed and closed the files
+    table = ds.dataset(tmp_path, format="parquet", partitioning="hive").to_table().to_pylist()
+    assert len(table) == 5
+    first = sorted(table, key=lambda r: (r["ts"], r["row"]))[0]
+    assert first["request_id"] == "r1.0" and first["prediction"] == 0.75 and first["model"] == "fraud-detector"
+    assert first["version"] == "3" and first["image_digest"] == "sha256:" + "1" * 64
+    assert first["features"] == row(amount=1.0)
+    assert list(tmp_path.glob("model=fraud-detector/date=*/hour=*/v3-*.parquet"))

@@ -94,6 +94,8 @@ class PredictionLog:
         self._pending: list[tuple[float, str, Lineage, list, list]] = []
         self._pending_rows = 0
         self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._closing = False
         self._task: asyncio.Task | None = None
         self._parts: dict[tuple[Lineage, str], _Part] = {}
         self._seq = 0
@@ -125,22 +127,37 @@ class PredictionLog:
     # -- background ---------------------------------------------------------------------------------------
 
     def start(self) -> None:
+        """Start the background flusher (imports pyarrow now rather than on the first flush)."""
+        import pyarrow.parquet  # noqa: F401
+
+        self.directory.mkdir(parents=True, exist_ok=True)
         if self._task is None:
+            self._closing = False
             self._task = asyncio.get_running_loop().create_task(self._run(), name="prediction-log")
 
     async def _run(self) -> None:
-        while True:
+        while not self._closing:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.flush_interval)
             self._wake.clear()
-            await self.flush()
+            await self.flush(close_all=self._closing)
 
     async def flush(self, close_all: bool = False) -> None:
+        """Write what is buffered (one flush at a time: the writers belong to the worker thread)."""
+        async with self._lock:
+            await self._flush(close_all)
+
+    async def _flush(self, close_all: bool) -> None:
         batch, self._pending, self._pending_rows = self._pending, [], 0
         if not batch and not close_all and not self._parts:
             return
+        work = asyncio.ensure_future(asyncio.to_thread(self._write, batch, close_all))
         try:
-            written = await asyncio.to_thread(self._write, batch, close_all)
+            written = await asyncio.shield(work)
+        except asyncio.CancelledError:
+            # a cancelled caller must not release the lock while the thread still writes
+            await asyncio.wait([work])
+            raise
         except Exception as exc:  # disk full, permissions...: count and keep serving
             self.last_error = f"{type(exc).__name__}: {exc}"
             logger.exception("prediction log: writing %d records failed", len(batch))
@@ -153,13 +170,18 @@ class PredictionLog:
         if written and self.on_written is not None:
             self.on_written(written)
 
-    async def close(self) -> None:
+    async def close(self, timeout: float = 30.0) -> None:
+        """Write what is buffered and close every file (bounded by ``timeout``)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._closing = True
+            self._wake.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except TimeoutError:
+                self._task.cancel()
             self._task = None
-        await self.flush(close_all=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.flush(close_all=True), timeout)
 
     # -- worker thread ------------------------------------------------------------------------------------
 

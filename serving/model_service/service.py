@@ -14,6 +14,7 @@ BentoML's own ``/healthz``, ``/livez``, ``/readyz`` and ``/metrics`` stay.
 This file deliberately does not import ct_pipeline: it runs inside the bento / container.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -110,6 +111,27 @@ def _row_model() -> type[BaseModel]:
 Row = _row_model()
 
 
+def _limit_model_threads(model: Any, threads: int) -> None:
+    """Apply CT_MODEL_THREADS to an estimator's own ``n_jobs`` (it overrides OMP_NUM_THREADS).
+
+    LightGBM's sklearn API with ``n_jobs=None`` predicts with every core: on a busy 2-core machine a 1-row
+    call took 12 ms instead of 1.8 ms with ``n_jobs=1``. Only the thread count changes, never the scores.
+    """
+    if threads < 1:
+        return
+    try:
+        raw = model.get_raw_model()
+    except Exception:  # not every flavour exposes its raw model
+        return
+    get_params = getattr(raw, "get_params", None)
+    if get_params is None:
+        return
+    with contextlib.suppress(Exception):
+        names = [k for k in get_params(deep=True) if k == "n_jobs" or k.endswith("__n_jobs")]
+        if names:
+            raw.set_params(**dict.fromkeys(names, threads))
+
+
 @bentoml.service(
     name=CONFIG.get("service_name", "ct_model_service"),
     workers=int(os.environ.get("CT_WORKERS", "1")),
@@ -126,6 +148,7 @@ class CTModelService:
         self._np, self._pd = np, pd
         # Loaded once per worker process.
         self.model = bentoml.mlflow.load_model(self.bento_model)
+        _limit_model_threads(self.model, int(_MODEL_THREADS))
         self._dtypes = {f: _NUMPY_DTYPES.get(FEATURE_DTYPES.get(f, "double"), "float64") for f in FEATURES}
 
     def _frame(self, rows: list[BaseModel]):
