@@ -9,7 +9,7 @@ export AIRFLOW_HOME ?= $(CTPIPE_HOME)/airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: help venv containers demo test test-unit lint stop clean bench-gate
+.PHONY: help venv containers demo test test-unit lint stop clean bench-gate bench
 
 help:
 	@echo "make demo   - set up and run the whole continuous-training loop locally"
@@ -18,6 +18,7 @@ help:
 	@echo "make containers - podman + base image + local registry for the model-service images (demo/test do it)"
 	@echo "make lint   - ruff"
 	@echo "make bench-gate - false-promotion rate and power of the gate (about 10 minutes)"
+	@echo "make bench  - serving throughput/latency: ceiling vs model server vs gateway path, + soak (about 8 minutes; needs wrk)"
 	@echo "make clean  - remove local state (.ctpipe) and the venv"
 
 venv: $(STAMP)
@@ -47,6 +48,9 @@ test: venv containers
 
 bench-gate: venv
 	$(BIN)/python scripts/bench_gate.py
+
+bench: venv
+	$(BIN)/python scripts/bench.py
 
 test-unit: venv
 	$(BIN)/pytest -q -m "not integration"
