@@ -105,34 +105,21 @@ def slice_results(
                 note = f"{rows} rows < min_rows {cfg.min_rows}"
             elif classification and min(positives, rows - positives) < cfg.min_positives:
                 note = f"{positives} positives / {rows - positives} negatives < min_positives {cfg.min_positives}"
+            observed = dict(column=column, value=str(value), rows=rows, positives=positives)
             if note:
-                results.append(
-                    SliceResult(
-                        column=column,
-                        value=str(value),
-                        rows=rows,
-                        positives=positives,
-                        judged=False,
-                        passed=True,
-                        note=note,
-                    )
-                )
+                results.append(SliceResult(**observed, judged=False, passed=True, note=note))
                 continue
             chal = metric(spec.metric.name, y[mask], challenger[mask])
             champ = metric(spec.metric.name, y[mask], champion[mask])
             delta = sign * (chal - champ)
-            passed = delta >= -cfg.max_degradation
             results.append(
                 SliceResult(
-                    column=column,
-                    value=str(value),
-                    rows=rows,
-                    positives=positives,
+                    **observed,
                     champion_metric=champ,
                     challenger_metric=chal,
                     delta=delta,
                     judged=True,
-                    passed=passed,
+                    passed=delta >= -cfg.max_degradation,
                 )
             )
     judged = [r for r in results if r.judged]

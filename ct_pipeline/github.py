@@ -57,11 +57,10 @@ from ct_pipeline.gitops import (
     RemoteError,
     _trailers,
     _valid_repo_path,
-    body_path,
+    checked_promotion,
     parse_promotion_id,
     parse_record_file,
     promotion_branch,
-    promotion_files,
     record_path,
     resolve_remote,
 )
@@ -447,22 +446,8 @@ class GitHubPublisher:
     def open_promotion(self, record: PromotionRecord, files: Mapping[str, bytes]) -> PromotionRecord:
         from github import InputGitAuthor, InputGitTreeElement
 
-        model, version = parse_promotion_id(record.id)
-        if (record.model, record.version) != (model, version):
-            raise GitOpsError(f"promotion id {record.id!r} does not match model {record.model!r} v{record.version}")
-        branch = promotion_branch(record.id)
-        if record.branch != branch:
-            raise GitOpsError(f"promotion {record.id} must use branch {branch!r}, not {record.branch!r}")
-        if record.base_branch != self.base_branch:
-            raise GitOpsError(
-                f"promotion {record.id} targets base {record.base_branch!r} but the publisher's base is "
-                f"{self.base_branch!r}"
-            )
-        paths = {_valid_repo_path(p): data for p, data in files.items()}
-        if record_path(record.id) not in paths:
-            record = record.model_copy(update={"files": sorted({*paths, record_path(record.id), body_path(record.id)})})
-            paths.update(promotion_files(record))
-        record = record.model_copy(update={"files": sorted(paths)})
+        record, paths = checked_promotion(record, files, self.base_branch)
+        branch = record.branch
         repo = self.repo
 
         base_sha = self.head()

@@ -126,6 +126,27 @@ def parse_record_file(data: bytes | str) -> tuple[PromotionRecord, dict[str, Any
     return PromotionRecord.model_validate(doc["promotion"]), doc
 
 
+def checked_promotion(
+    record: PromotionRecord, files: Mapping[str, bytes], base_branch: str
+) -> tuple[PromotionRecord, dict[str, bytes]]:
+    """Validate a promotion before any publisher touches its remote; add the record files if missing."""
+    model, version = parse_promotion_id(record.id)
+    if (record.model, record.version) != (model, version):
+        raise GitOpsError(f"promotion id {record.id!r} does not match model {record.model!r} v{record.version}")
+    branch = promotion_branch(record.id)
+    if record.branch != branch:
+        raise GitOpsError(f"promotion {record.id} must use branch {branch!r}, not {record.branch!r}")
+    if record.base_branch != base_branch:
+        raise GitOpsError(
+            f"promotion {record.id} targets base {record.base_branch!r} but the publisher's base is {base_branch!r}"
+        )
+    paths = {_valid_repo_path(p): data for p, data in files.items()}
+    if record_path(record.id) not in paths:
+        record = record.model_copy(update={"files": sorted({*paths, record_path(record.id), body_path(record.id)})})
+        paths.update(promotion_files(record))
+    return record.model_copy(update={"files": sorted(paths)}), paths
+
+
 class GitOpsEvent(BaseModel):
     """One promotion-related commit on the base branch (see :meth:`GitPublisher.history`)."""
 
@@ -471,22 +492,8 @@ class LocalGitPublisher:
     # -- proposing
 
     def open_promotion(self, record: PromotionRecord, files: Mapping[str, bytes]) -> PromotionRecord:
-        model, version = parse_promotion_id(record.id)
-        if (record.model, record.version) != (model, version):
-            raise GitOpsError(f"promotion id {record.id!r} does not match model {record.model!r} v{record.version}")
-        branch = promotion_branch(record.id)
-        if record.branch != branch:
-            raise GitOpsError(f"promotion {record.id} must use branch {branch!r}, not {record.branch!r}")
-        if record.base_branch != self.base_branch:
-            raise GitOpsError(
-                f"promotion {record.id} targets base {record.base_branch!r} but the publisher's base is "
-                f"{self.base_branch!r}"
-            )
-        paths = {_valid_repo_path(p): data for p, data in files.items()}
-        if record_path(record.id) not in paths:
-            record = record.model_copy(update={"files": sorted({*paths, record_path(record.id), body_path(record.id)})})
-            paths.update(promotion_files(record))
-        record = record.model_copy(update={"files": sorted(paths)})
+        record, paths = checked_promotion(record, files, self.base_branch)
+        branch = record.branch
 
         with self._clone() as repo:
             base = repo.base_tip()
