@@ -461,14 +461,18 @@ class Gateway:
             try:
                 resp = await up.client.post("/predict", content=body, headers={"content-type": "application/json"})
             except (httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ConnectError) as exc:
-                failure = UpstreamCallError(503, "upstream_unavailable", f"{up.url}: {type(exc).__name__}: {exc}")
+                failure = UpstreamCallError(
+                    503, "upstream_unavailable", f"{up.url}: {type(exc).__name__}: {exc}", retry_after=1.0
+                )
                 retry_reason = "connect"
             except httpx.TimeoutException as exc:  # read/write timeout: the server may still be working on it
                 self.upstream_calls.labels("timeout").inc()
                 breaker.failure(f"{type(exc).__name__} after {settings.request_timeout:.0f}s")
                 raise UpstreamCallError(504, "upstream_timeout", f"{up.url}: {type(exc).__name__}") from None
             except httpx.TransportError as exc:  # connection dropped (server restarting): scoring is idempotent
-                failure = UpstreamCallError(503, "upstream_unavailable", f"{up.url}: {type(exc).__name__}: {exc}")
+                failure = UpstreamCallError(
+                    503, "upstream_unavailable", f"{up.url}: {type(exc).__name__}: {exc}", retry_after=1.0
+                )
                 retry_reason = "connection"
             except asyncio.CancelledError:
                 breaker.release_probe()
