@@ -11,8 +11,9 @@
 - Engines (:class:`ImageBuilder`): the Docker API through the ``docker`` SDK (a Docker daemon, or podman's
   Docker-compatible socket), or the ``podman`` / ``buildah`` CLIs (BentoML's containerize backends). Chosen by
   ``settings.image_engine``; ``auto`` takes the first that works, and every "not available" names what is missing.
-- OCI labels (and, with podman/buildah, manifest annotations): source repo, git revision, model name, version,
-  MLflow run id, data hash, Bento tag.
+- OCI labels (and, for OCI-format builds of podman/buildah, the same as manifest annotations): source repo, git
+  revision, model name, version, MLflow run id, data hash, Bento tag. The Docker API builds the docker format;
+  ``settings.image_format="docker"`` makes podman/buildah do the same (and share one layer cache with it).
 - Idempotent: when the registry already holds ``<model>-v<version>`` built from the same model version and
   MLflow run, it is reused (same digest, no build); a local image with those labels is pushed without a rebuild.
 - A failed build or push raises :class:`ImageError`, so the promotion (the manifest change) never happens.
@@ -361,13 +362,24 @@ class DockerEngine:
 class _CliEngine:
     binary = ""
 
-    def __init__(self, network: str = "host", timeout: int = 1800) -> None:
+    def __init__(self, network: str = "host", timeout: int = 1800, image_format: str | None = None) -> None:
         path = shutil.which(self.binary)
         if path is None:
             raise EngineUnavailable(f"'{self.binary}' not found on PATH")
         self.path = path
         self.network = network
         self.timeout = timeout
+        self.format = image_format or "oci"
+
+    def _build_args(self, context: Path, dockerfile: str, ref: str, labels, annotations) -> list[str]:
+        args = ["build", "--layers", f"--format={self.format}", f"--network={self.network}", "--pull=never"]
+        args += ["-f", str(Path(context) / dockerfile), "-t", ref, *self._kv("--label", labels)]
+        if self.format == "oci":  # the docker format has no manifest annotations
+            args += self._kv("--annotation", annotations)
+        return [*args, str(context)]
+
+    def build(self, context, dockerfile, ref, labels, annotations) -> None:
+        self._run(*self._build_args(Path(context), dockerfile, ref, labels, annotations), what=f"image build of {ref}")
 
     def _run(self, *args: str, what: str, check: bool = True) -> subprocess.CompletedProcess:
         try:
@@ -395,11 +407,6 @@ class PodmanEngine(_CliEngine):
     name = "podman"
     binary = "podman"
 
-    def build(self, context, dockerfile, ref, labels, annotations) -> None:
-        args = ["build", "--layers", f"--network={self.network}", "--pull=never", "-f", str(Path(context) / dockerfile)]
-        args += ["-t", ref, *self._kv("--label", labels), *self._kv("--annotation", annotations), str(context)]
-        self._run(*args, what=f"image build of {ref}")
-
     def labels(self, ref: str) -> dict[str, str] | None:
         proc = self._run("image", "inspect", ref, what="inspect", check=False)
         if proc.returncode != 0:
@@ -416,11 +423,6 @@ class BuildahEngine(_CliEngine):
 
     name = "buildah"
     binary = "buildah"
-
-    def build(self, context, dockerfile, ref, labels, annotations) -> None:
-        args = ["build", "--layers", f"--network={self.network}", "--pull=never", "-f", str(Path(context) / dockerfile)]
-        args += ["-t", ref, *self._kv("--label", labels), *self._kv("--annotation", annotations), str(context)]
-        self._run(*args, what=f"image build of {ref}")
 
     def labels(self, ref: str) -> dict[str, str] | None:
         proc = self._run("inspect", "--type", "image", ref, what="inspect", check=False)
@@ -494,7 +496,9 @@ def probe_docker(settings: Settings) -> Probe:
 
 def _probe_cli(cls: type[_CliEngine], settings: Settings, exists_args: list[str]) -> Probe:
     try:
-        engine = cls(network=settings.image_network, timeout=settings.image_build_timeout)
+        engine = cls(
+            network=settings.image_network, timeout=settings.image_build_timeout, image_format=settings.image_format
+        )
     except EngineUnavailable as exc:
         return Probe(cls.name, None, str(exc))
     if settings.image_base:

@@ -52,11 +52,17 @@ class Settings(BaseSettings):
     image_source: str | None = Field(
         default=None, description="org.opencontainers.image.source; default: the checkout's git remote origin."
     )
+    image_format: Literal["oci", "docker"] | None = Field(
+        default=None,
+        description="Image format of podman/buildah builds (default: theirs, oci; manifest annotations need oci). "
+        "The Docker API always builds the docker format; 'docker' lets all engines share one layer cache.",
+    )
     image_network: str = Field(default="host", description="Network mode of RUN steps during image builds.")
     image_build_timeout: int = Field(default=1800, description="Seconds a build or push may take.")
     docker_host: str | None = Field(
-        default=None, description="Docker API endpoint; default DOCKER_HOST, then the podman socket, then "
-        "unix:///var/run/docker.sock."
+        default=None,
+        description="Docker API endpoint; default DOCKER_HOST, then the podman socket, then "
+        "unix:///var/run/docker.sock.",
     )
     podman_socket: Path | None = Field(
         default=None, description="podman system service socket; default HOME/containers/podman.sock."
