@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -455,69 +456,94 @@ class _RefusingRegistry(BaseHTTPRequestHandler):
         pass
 
 
-def _write_data(settings: Settings, end: datetime) -> None:
+def _cli_env(img_settings: Settings, home: Path, **extra: str) -> dict[str, str]:
+    """A throwaway ct-pipeline environment for `ctpipe` subprocesses (MLflow, BentoML, git state under ``home``)."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("CTPIPE_", "AIRFLOW", "MLFLOW_", "BENTOML_"))}
+    environ.update(
+        {
+            "CTPIPE_HOME": str(home),
+            "CTPIPE_MODELS_DIR": str(home / "models"),
+            "CTPIPE_DATA_DIR": str(home / "data"),
+            "CTPIPE_IMAGE_ENGINE": "docker",
+            "CTPIPE_DOCKER_HOST": img_settings.docker_host,
+            "CTPIPE_IMAGE_REGISTRY": img_settings.image_registry,
+            "CTPIPE_IMAGE_BASE": img_settings.image_base,
+            "CTPIPE_IMAGE_REPOSITORY_PREFIX": PREFIX,
+            **extra,
+        }
+    )
+    return environ
+
+
+def _ctpipe(environ: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    ctpipe = Path(sys.executable).parent / "ctpipe"
+    return subprocess.run([str(ctpipe), *args], env=environ, capture_output=True, text=True, timeout=600)
+
+
+def _write_model(home: Path, end: datetime) -> None:
+    from ruamel.yaml import YAML
+    from test_serving_support import SPEC
+
+    (home / "models").mkdir(parents=True)
+    with (home / "models" / "image-loop.yaml").open("w") as fh:
+        YAML(typ="safe").dump({**SPEC, "name": "image-loop"}, fh)
     x, y = frame(n=400, seed=7)
     x["ts"] = [end - timedelta(hours=i + 1) for i in range(len(x))][::-1]
     x["is_fraud"] = y
-    path = settings.data_root / "tx.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    x.to_csv(path, index=False)
+    (home / "data").mkdir()
+    x.to_csv(home / "data" / "tx.csv", index=False)
 
 
-def _promotion_values(settings: Settings, spec) -> dict[str, str]:
+def _git(home: Path, *args: str) -> str:
+    cmd = ["git", "--git-dir", str(home / "gitops.git"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+
+
+def _promotion_values(home: Path, manifest_path: str) -> dict[str, str]:
     """branch -> values file of the model on every promote/* branch of the GitOps remote."""
-    git = ["git", "--git-dir", settings.gitops_remote_url]
-    branches = subprocess.run(
-        [*git, "for-each-ref", "--format=%(refname:short)", "refs/heads/promote/"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    return {
-        b: subprocess.run([*git, "show", f"{b}:{spec.manifest_path}"], capture_output=True, text=True).stdout
-        for b in branches
-    }
+    branches = _git(home, "for-each-ref", "--format=%(refname:short)", "refs/heads/promote/").split()
+    return {b: _git(home, "show", f"{b}:{manifest_path}") for b in branches}
 
 
-def test_pipeline_promotes_the_image_by_digest_and_a_failed_push_changes_nothing(img_settings, tmp_path):
-    """run_pipeline end to end: the promotion's values file pins the pushed image by digest. Then a run whose
-    push fails raises, and the GitOps remote is left exactly as it was (no branch, no manifest change)."""
-    from ct_pipeline.gitops import init_local_remote
+def test_loop_promotes_the_image_by_digest_and_a_failed_push_changes_nothing(img_settings, tmp_path):
+    """`ctpipe run` end to end (a fresh process, as users run it): the promotion's values file pins the pushed
+    image by digest. Then a run whose push fails exits non-zero naming the push, and the GitOps remote is left
+    exactly as it was (no new branch, no manifest change)."""
     from ct_pipeline.manifest import read_deployed
-    from ct_pipeline.pipeline import run_pipeline
 
-    s = img_settings.model_copy(update={"gitops_remote": str(tmp_path / "gitops.git"), "data_dir": tmp_path / "data"})
-    spec = make_spec(name="image-loop")
+    home = tmp_path / "home"
     end = datetime(2026, 11, 1, tzinfo=UTC)
-    _write_data(s, end)
-    init_local_remote(s, [spec])
-    main_before = subprocess.run(
-        ["git", "--git-dir", s.gitops_remote_url, "rev-parse", "main"], capture_output=True, text=True, check=True
-    ).stdout
+    _write_model(home, end)
+    environ = _cli_env(img_settings, home)
+    init = _ctpipe(environ, "init")
+    assert init.returncode == 0, init.stderr
+    spec = make_spec(name="image-loop")
+    main_before = _git(home, "rev-parse", "main")
 
-    outcome = run_pipeline(spec, s, end, force=True, force_reason="test", forced_by="test_image")
-    assert outcome.status == "promoted", outcome.reason
-    bento = outcome.bento
-    assert bento.image_digest and bento.image_repository.endswith(f"/{PREFIX}/image-loop")
-    values = _promotion_values(s, spec)
-    assert list(values) == [outcome.promotion.branch]
-    deployed = read_deployed(values[outcome.promotion.branch], spec)
-    assert (deployed.version, deployed.image_digest, deployed.image_tag) == (
-        bento.version,
-        bento.image_digest,
-        f"image-loop-v{bento.version}",
-    )
+    args = ["run", "image-loop", "--end", end.isoformat(), "--force", "--reason", "test_image", "--json"]
+    run = _ctpipe(environ, *args)
+    assert run.returncode == 0, run.stderr[-3000:]
+    outcome = json.loads(run.stdout)
+    bento = BentoRef.model_validate(outcome["bento"])
+    assert outcome["status"] == "promoted"
+    assert bento.image_repository == f"{img_settings.image_registry}/{PREFIX}/image-loop"
+    values = _promotion_values(home, spec.manifest_path)
+    assert list(values) == [outcome["promotion"]["branch"]]
+    deployed = read_deployed(values[outcome["promotion"]["branch"]], spec)
+    assert (deployed.version, deployed.image_tag) == (bento.version, f"image-loop-v{bento.version}")
+    registry = Registry(img_settings.image_registry)
+    try:  # the values file pins exactly what the registry serves under the human tag
+        assert deployed.image_digest == bento.image_digest == registry.digest(bento.image_repository, bento.image_tag)
+    finally:
+        registry.close()
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), _RefusingRegistry)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        refusing = s.model_copy(update={"image_registry": f"127.0.0.1:{server.server_address[1]}"})
-        with pytest.raises(ImageError, match="push of"):
-            run_pipeline(spec, refusing, end, force=True, force_reason="test", forced_by="test_image")
+        refusing = _cli_env(img_settings, home, CTPIPE_IMAGE_REGISTRY=f"127.0.0.1:{server.server_address[1]}")
+        failed = _ctpipe(refusing, *args)
     finally:
         server.shutdown()
-    assert _promotion_values(s, spec) == values  # no new promotion branch, no manifest change
-    main_after = subprocess.run(
-        ["git", "--git-dir", s.gitops_remote_url, "rev-parse", "main"], capture_output=True, text=True, check=True
-    ).stdout
-    assert main_after == main_before
+    assert failed.returncode != 0 and "push of" in failed.stderr, failed.stderr[-3000:]
+    assert _promotion_values(home, spec.manifest_path) == values  # no new promotion branch, no manifest change
+    assert _git(home, "rev-parse", "main") == main_before
