@@ -414,6 +414,9 @@ class LocalRuntime:
         port = free_port(self.host, self.settings.model_server_base_port, taken | {self.settings.gateway_port})
         log = self.logs / f"{desired.model}-model-server-{port}.log"
         env = {
+            # The gateway micro-batches concurrent requests into one call; BentoML's adaptive batching behind it
+            # only adds its learned wait (measured by `make bench`, see serving/README.md). CT_BATCHING overrides.
+            "CT_BATCHING": "false",
             **os.environ,
             "BENTOML_HOME": str(bento_store_home(self.settings)),
             "BENTOML_DO_NOT_TRACK": "true",
@@ -453,6 +456,8 @@ class LocalRuntime:
             port = free_port(self.host, self.settings.gateway_port, taken)
         log = self.logs / f"{model}-gateway-{port}.log"
         env = {
+            # prediction log (Parquet by hour, model= partitions) next to the other runtime state
+            "CT_GATEWAY_PREDICTION_LOG_DIR": str(self.dir / "predictions"),
             **os.environ,
             "CT_GATEWAY_UPSTREAM_URL": upstream,
             "CT_GATEWAY_ADMIN_TOKEN": token,

@@ -8,7 +8,11 @@ into a Bento with ct_pipeline.package.build_bento), same single-row JSON payload
   b-off  the BentoML model server direct, adaptive batching off (CT_BATCHING=false)
   b-on   the BentoML model server direct, adaptive batching on (the service's defaults)
   c      the full path: gateway -> model server, both started by ct_pipeline.rollout.LocalRuntime
-         (the exact processes `ctpipe reconcile` runs)
+         (the exact processes `ctpipe reconcile` runs: gateway micro-batching, BentoML batching off)
+  c-bon  the same, with the model server's BentoML adaptive batching on (CT_BATCHING=true)
+
+Each point is measured --rounds times, interleaved across paths (the machine may be shared and its load
+drift), and the median run is reported.
 
 Then a soak of the full path at a fraction (0.8) of its measured capacity: errors and resident-memory growth.
 Every load loop is bounded in time (wrk -d) and all servers bind 127.0.0.1. Output under --out
@@ -44,8 +48,9 @@ MODEL_NAME = "bench-lgbm"
 PATHS = {
     "a": "ceiling: FastAPI, model in-process",
     "b-off": "model server direct, batching off",
-    "b-on": "model server direct, batching on",
-    "c": "full path: gateway -> model server",
+    "b-on": "model server direct, BentoML batching on",
+    "c": "full path: gateway -> model server (as rollout runs it)",
+    "c-bon": "full path, model server with BentoML batching on",
 }
 
 # ---------------------------------------------------------------------------------------------------------
@@ -350,7 +355,7 @@ def wrk_script(path: Path, body: str, delay_ms: float | None = None) -> Path:
 
 def run_wrk(url: str, script: Path, connections: int, seconds: float, server_pids: list[int]) -> dict[str, Any]:
     """One bounded wrk run; returns throughput, latency, errors and CPU accounting."""
-    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s", "-s", str(script), url]
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", str(script), url]
     tree = [p for pid in server_pids for p in process_tree(pid)]
     cpu0, busy0, t0 = cpu_seconds(tree), machine_busy_seconds(), time.monotonic()
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -465,33 +470,37 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Machine: {report['machine']['cpus']} CPUs, Python {report['machine']['python']}, "
         f"load average at start {report['machine']['loadavg_start']}. Model: LightGBM {N_TREES} trees x "
-        f"{N_FEATURES} features (binary), one row per request; wrk -t1, {report['config']['seconds']:g} s per point "
-        f"after {report['config']['warmup']:g} s warm-up. Ceiling mode: {report['config']['ceiling_mode']}.",
+        f"{N_FEATURES} features (binary), one row per request; wrk -t1, {report['config']['seconds']:g} s per run "
+        f"after {report['config']['warmup']:g} s warm-up, {report['config']['rounds']} interleaved rounds per point "
+        f"(median run shown; non-2xx summed over rounds). Ceiling mode: {report['config']['ceiling_mode']}. "
+        "CPU columns: cores used by the path's processes, by wrk, and by everything else on the machine.",
         "",
-        "| path | conc. | req/s | p50 ms | p99 ms | non-2xx | socket err | CPU servers | CPU wrk | CPU other |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| path | conc. | req/s | (range) | p50 ms | p99 ms | non-2xx | socket err | CPU path | CPU wrk | CPU other |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for key, runs in report["results"].items():
         for r in runs:
             lines.append(
-                f"| {key} {PATHS.get(key, '')} | {r['connections']} | {fmt(r['rps'], 0)} | {fmt(r['p50_ms'], 2)} | "
+                f"| {key} {PATHS.get(key, '')} | {r['connections']} | {fmt(r['rps'], 0)} | "
+                f"{fmt(r.get('rps_min', r['rps']), 0)}-{fmt(r.get('rps_max', r['rps']), 0)} | {fmt(r['p50_ms'], 2)} | "
                 f"{fmt(r['p99_ms'], 2)} | {r['non2xx']} | {r['socket_errors']} | {fmt(r['cpu_servers'], 2)} | "
                 f"{fmt(r['cpu_wrk'], 2)} | {fmt(r['cpu_other'], 2)} |"
             )
     lines += [
         "",
-        "Full path vs the ceiling:",
+        "Full path vs the ceiling (goal at c=64-128: req/s ratio >= 0.8, p99 <= 2x, no non-2xx):",
         "",
-        "| conc. | (c)/(a) req/s | p99 (c)/(a) | goal met |",
-        "| ---: | ---: | ---: | --- |",
+        "| conc. | (c)/(a) req/s | per round | p99 (c)/(a) | goal met |",
+        "| ---: | ---: | --- | ---: | --- |",
     ]
     for row in report["ratios"]:
+        per_round = ", ".join(f"{x:.2f}" for x in row["rps_ratio_per_round"])
         lines.append(
-            f"| {row['connections']} | {row['rps_ratio']:.2f} | {row['p99_ratio']:.2f} | "
+            f"| {row['connections']} | {row['rps_ratio']:.2f} | {per_round} | {row['p99_ratio']:.2f} | "
             f"{'yes' if row['goal_met'] else 'no'} |"
         )
-    if report.get("gateway_batches"):
-        lines += ["", "Gateway micro-batches during the (c) runs: " + report["gateway_batches"]]
+    for key, summary in (report.get("gateway_batches") or {}).items():
+        lines += ["", f"Gateway micro-batches, path {key}: {summary}"]
     s = report.get("soak")
     if s:
         r = s["result"]
@@ -543,6 +552,81 @@ def plot(report: dict[str, Any], path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median throughput (its own latencies), errors summed over all runs."""
+    ordered = sorted(runs, key=lambda r: r["rps"])
+    mid = dict(ordered[len(ordered) // 2])
+    mid["non2xx"] = sum(r["non2xx"] for r in runs)
+    mid["socket_errors"] = sum(r["socket_errors"] for r in runs)
+    mid["rounds"] = len(runs)
+    mid["rps_min"], mid["rps_max"] = ordered[0]["rps"], ordered[-1]["rps"]
+    return mid
+
+
+def start_servers(paths, args, settings, ref, servers: Servers) -> tuple[dict, dict, list]:
+    """Start every server the paths need; returns (urls, pids per path, LocalRuntimes to stop)."""
+    from ct_pipeline.records import DeployedModel
+    from ct_pipeline.rollout import LocalRuntime
+    from ct_pipeline.settings import Settings
+
+    env = {**os.environ}
+    bentoml_cmd = [sys.executable, "-m", "bentoml", "serve", ref.bento_tag, "--host", HOST, "--port"]
+    config_path = next((Path(os.environ["BENTOML_HOME"]) / "bentos").glob("*/*/src/ct_model.json"))
+    urls: dict[str, str] = {}
+    pids: dict[str, list[int]] = {}
+    runtimes = []
+    if "a" in paths:
+        port = free_port()
+        cmd = [sys.executable, __file__, "serve-ceiling", "--port", str(port), "--bento-model-tag",
+               ref.bento_model_tag, "--config", str(config_path), "--mode", args.ceiling_mode]  # fmt: skip
+        urls["a"] = servers.spawn("a-ceiling", cmd, env, port, "/readyz")
+        pids["a"] = [servers.pids["a-ceiling"]]
+    for key, batching in (("b-off", "false"), ("b-on", "true")):
+        if key in paths:
+            port = free_port()
+            name = f"{key}-model-server"
+            urls[key] = servers.spawn(
+                name, [*bentoml_cmd, str(port)], {**env, "CT_BATCHING": batching}, port, "/readyz"
+            )
+            pids[key] = [servers.pids[name]]
+    desired = DeployedModel(
+        model=ref.model,
+        environment="bench",
+        version=ref.version,
+        run_id=ref.run_id,
+        bento_tag=ref.bento_tag,
+        data_hash=ref.data_hash,
+    )
+    for key, batching in (("c", None), ("c-bon", "true")):
+        if key not in paths:
+            continue
+        # the exact processes `ctpipe reconcile` starts (c-bon: with BentoML's adaptive batching on)
+        log(f"{key}: model server + gateway started by ct_pipeline.rollout.LocalRuntime")
+        home = settings.home_dir if key == "c" else settings.home_dir.with_name(settings.home_dir.name + "-" + key)
+        runtime = LocalRuntime(
+            Settings(
+                home=home,
+                bentoml_home=settings.bento_home,
+                gateway_port=free_port(),
+                model_server_base_port=free_port(),
+            )  # fmt: skip
+        )
+        runtimes.append(runtime)
+        saved = os.environ.get("CT_BATCHING")
+        if batching is not None:
+            os.environ["CT_BATCHING"] = batching
+        try:
+            state = runtime.apply(desired)
+        finally:
+            if saved is None:
+                os.environ.pop("CT_BATCHING", None)
+            else:
+                os.environ["CT_BATCHING"] = saved
+        urls[key] = state.gateway_url
+        pids[key] = [state.gateway.pid, state.model_server.pid]
+    return urls, pids, runtimes
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
@@ -552,10 +636,11 @@ def main(argv: list[str] | None = None) -> int:
     ceiling.add_argument("--config", required=True)
     ceiling.add_argument("--mode", choices=("async", "sync"), default="async")
     parser.add_argument("--out", type=Path, default=REPO / "results" / "bench")
-    parser.add_argument("--seconds", type=float, default=10.0, help="per measurement point")
-    parser.add_argument("--warmup", type=float, default=3.0, help="per point, before measuring")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    parser.add_argument("--warmup", type=float, default=1.0, help="before each measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per point; the median is kept")
     parser.add_argument("--concurrency", default="1,32,64,128")
-    parser.add_argument("--paths", default="a,b-off,b-on,c", help="subset of a,b-off,b-on,c")
+    parser.add_argument("--paths", default=",".join(PATHS), help=f"subset of {','.join(PATHS)}")
     parser.add_argument("--soak-seconds", type=float, default=120.0, help="0 skips the soak")
     parser.add_argument("--soak-fraction", type=float, default=0.8)
     parser.add_argument("--ceiling-mode", choices=("async", "sync"), default="async")
@@ -569,17 +654,16 @@ def main(argv: list[str] | None = None) -> int:
         print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
         return 2
     concurrency = [int(c) for c in args.concurrency.split(",")]
-    paths = [p for p in args.paths.split(",") if p]
-    unknown = set(paths) - set(PATHS)
+    paths = [p for p in PATHS if p in args.paths.split(",")]
+    unknown = set(args.paths.split(",")) - set(PATHS)
     if unknown:
         parser.error(f"unknown paths {sorted(unknown)}")
     out = args.out.resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="ct-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    started = datetime.now(UTC)
     report: dict[str, Any] = {
-        "started_at": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "started_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -588,17 +672,19 @@ def main(argv: list[str] | None = None) -> int:
         "config": {
             "seconds": args.seconds,
             "warmup": args.warmup,
+            "rounds": args.rounds,
             "concurrency": concurrency,
             "ceiling_mode": args.ceiling_mode,
             "env": {k: v for k, v in os.environ.items() if k.startswith(("CT_", "OMP_"))},
         },
         "results": {},
+        "runs": {},
     }
     servers = Servers(out / "logs")
-    runtime = None
+    runtimes: list = []
     interrupted = False
 
-    def on_signal(signum, frame):  # make Ctrl-C / SIGTERM clean up the servers
+    def on_signal(signum, frame):  # make SIGTERM clean up the servers too
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -606,92 +692,57 @@ def main(argv: list[str] | None = None) -> int:
         settings, ref, row, expected = prepare_model(workdir / "home")
         body = json.dumps({"rows": [row]}, separators=(",", ":"))
         script = wrk_script(workdir / "post.lua", body)
-        config_path = next((Path(os.environ["BENTOML_HOME"]) / "bentos").glob("*/*/src/ct_model.json"))
         report["model"] = {"bento": ref.bento_tag, "version": ref.version, "run_id": ref.run_id}
-
-        from ct_pipeline.records import DeployedModel
-        from ct_pipeline.rollout import LocalRuntime
-
-        env = {**os.environ}
-        bentoml_cmd = [sys.executable, "-m", "bentoml", "serve", ref.bento_tag, "--host", HOST, "--port"]
-        urls: dict[str, str] = {}
-        pids: dict[str, int] = {}
-        if "a" in paths:
-            port = free_port()
-            cmd = [sys.executable, __file__, "serve-ceiling", "--port", str(port), "--bento-model-tag",
-                   ref.bento_model_tag, "--config", str(config_path), "--mode", args.ceiling_mode]  # fmt: skip
-            urls["a"] = servers.spawn("a-ceiling", cmd, env, port, "/readyz")
-            pids["a"] = servers.pids["a-ceiling"]
-        if "b-off" in paths:
-            port = free_port()
-            urls["b-off"] = servers.spawn(
-                "b-off-model-server", [*bentoml_cmd, str(port)], {**env, "CT_BATCHING": "false"}, port, "/readyz"
-            )
-            pids["b-off"] = servers.pids["b-off-model-server"]
-        if "b-on" in paths:
-            port = free_port()
-            urls["b-on"] = servers.spawn("b-on-model-server", [*bentoml_cmd, str(port)], env, port, "/readyz")
-            pids["b-on"] = servers.pids["b-on-model-server"]
-        if "c" in paths:
-            log("starting the model server + gateway with ct_pipeline.rollout.LocalRuntime")
-            runtime = LocalRuntime(settings)
-            state = runtime.apply(
-                DeployedModel(
-                    model=ref.model,
-                    environment="bench",
-                    version=ref.version,
-                    run_id=ref.run_id,
-                    bento_tag=ref.bento_tag,
-                    data_hash=ref.data_hash,
-                )
-            )
-            urls["c"] = state.gateway_url
-            pids["c"] = state.gateway.pid
-            pids["c-model-server"] = state.model_server.pid
-            report["gateway_metadata"] = _get_json(f"{state.gateway_url}/metadata")
+        urls, pids, runtimes = start_servers(paths, args, settings, ref, servers)
+        if "c" in urls:
+            report["gateway_metadata"] = _get_json(f"{urls['c']}/metadata")
 
         import httpx
 
         for key, url in urls.items():  # same model, same answer on every path
             resp = httpx.post(f"{url}/predict", content=body, headers={"content-type": "application/json"}, timeout=30)
-            answer = resp.json()
             if resp.status_code != 200:
                 raise RuntimeError(f"path {key} answered {resp.status_code}: {resp.text[:1000]}")
+            answer = resp.json()
             score = answer["predictions"][0] if isinstance(answer, dict) else answer[0]
             if abs(score - expected) > 1e-9:
                 raise RuntimeError(f"path {key} answered {score}, the model says {expected}")
         log(f"all paths answer {expected:.6f} for the payload; measuring")
 
-        for key in paths:
-            server_pids = [pids[key]] + ([pids["c-model-server"]] if key == "c" else [])
-            runs = []
-            for conc in concurrency:
-                run_wrk(f"{urls[key]}/predict", script, conc, args.warmup, server_pids)
-                result = run_wrk(f"{urls[key]}/predict", script, conc, args.seconds, server_pids)
-                runs.append(result)
-                log(
-                    f"{key:5} c={conc:<3} {result['rps']:8.0f} req/s  p50 {result['p50_ms']:7.2f} ms  "
-                    f"p99 {result['p99_ms']:7.2f} ms  non-2xx {result['non2xx']}  socket errors "
-                    f"{result['socket_errors']}  (CPU: servers {result['cpu_servers']:.2f}, wrk "
-                    f"{result['cpu_wrk']:.2f}, other {result['cpu_other']:.2f})"
-                )
-            report["results"][key] = runs
-        if "c" in urls:
-            report["gateway_batches"] = _batch_summary(urls["c"])
+        # Interleaved: for each concurrency, every path in turn, `rounds` times, so a change in the machine's
+        # other load hits all paths alike; the median run of each point is reported.
+        runs: dict[str, dict[int, list]] = {key: {c: [] for c in concurrency} for key in paths}
+        for conc in concurrency:
+            for rnd in range(args.rounds):
+                for key in paths:
+                    run_wrk(f"{urls[key]}/predict", script, conc, args.warmup, pids[key])
+                    result = run_wrk(f"{urls[key]}/predict", script, conc, args.seconds, pids[key])
+                    runs[key][conc].append(result)
+                    log(
+                        f"{key:5} c={conc:<3} r{rnd} {result['rps']:7.0f} req/s  p50 {result['p50_ms']:7.2f} ms  "
+                        f"p99 {result['p99_ms']:7.2f} ms  non-2xx {result['non2xx']}  socket errors "
+                        f"{result['socket_errors']}  (CPU: servers {result['cpu_servers']:.2f}, wrk "
+                        f"{result['cpu_wrk']:.2f}, other {result['cpu_other']:.2f})"
+                    )
+        report["runs"] = {key: {str(c): r for c, r in per.items()} for key, per in runs.items()}
+        report["results"] = {key: [median_run(per[c]) for c in concurrency] for key, per in runs.items()}
+        report["gateway_batches"] = {key: _batch_summary(urls[key]) for key in ("c", "c-bon") if key in urls}
         report["ratios"] = []
-        if "a" in report["results"] and "c" in report["results"]:
-            for ra, rc in zip(report["results"]["a"], report["results"]["c"], strict=True):
+        if "a" in runs and "c" in runs:
+            for conc, ra, rc in zip(concurrency, report["results"]["a"], report["results"]["c"], strict=True):
                 rps_ratio = rc["rps"] / ra["rps"] if ra["rps"] else 0.0
                 p99_ratio = rc["p99_ms"] / ra["p99_ms"] if ra["p99_ms"] else float("inf")
+                paired = sorted(c["rps"] / a["rps"] for a, c in zip(runs["a"][conc], runs["c"][conc], strict=True))
                 report["ratios"].append(
                     {
-                        "connections": ra["connections"],
+                        "connections": conc,
                         "rps_ratio": round(rps_ratio, 3),
+                        "rps_ratio_per_round": [round(x, 3) for x in paired],
                         "p99_ratio": round(p99_ratio, 3),
                         "goal_met": rps_ratio >= 0.8 and p99_ratio <= 2.0 and rc["non2xx"] + rc["socket_errors"] == 0,
                     }
                 )
-        if args.soak_seconds > 0 and "c" in report["results"]:
+        if args.soak_seconds > 0 and "c" in runs:
             capacity = max(r["rps"] for r in report["results"]["c"])
             log(f"soak: {args.soak_seconds:g} s at {args.soak_fraction:.0%} of {capacity:.0f} req/s")
             report["soak"] = soak(
@@ -701,17 +752,17 @@ def main(argv: list[str] | None = None) -> int:
                 capacity,
                 args.soak_fraction,
                 args.soak_seconds,
-                {"gateway": pids["c"], "model_server": pids["c-model-server"]},
+                {"gateway": pids["c"][0], "model_server": pids["c"][1]},
             )
             s = report["soak"]
             log(f"soak: {s['result']['rps']:.0f} req/s, {s['errors']} errors, RSS {json.dumps(s['rss'])}")
         if "c" in urls:
-            report["gateway_metrics_tail"] = _metrics_excerpt(urls["c"])
+            report["gateway_metrics"] = _metrics_excerpt(urls["c"])
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted: stopping the servers")
     finally:
-        if runtime is not None:
+        for runtime in runtimes:
             runtime.stop()
         servers.stop()
         report["machine"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]

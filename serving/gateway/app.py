@@ -88,7 +88,10 @@ class GatewaySettings(BaseSettings):
     batching: bool = Field(default=True, description="Micro-batch concurrent requests into one upstream call")
     batch_max_rows: int = Field(default=256, ge=1, description="Rows per upstream call")
     batch_max_wait_ms: float = Field(default=0.0, ge=0, le=1000, description="Linger for a fuller batch")
-    batch_max_inflight: int = Field(default=2, ge=1, description="Upstream calls out at once")
+    # One call out at a time gives the largest batches and the fewest model-server calls (its per-call cost is
+    # fixed, ~1 row or 60 rows alike): best measured on 2 shared cores. Raise it when the model server has
+    # cores (workers) of its own, so a slow call does not hold the queue.
+    batch_max_inflight: int = Field(default=1, ge=1, description="Upstream calls out at once")
     batch_max_queue_rows: int = Field(default=20_000, ge=1, description="Queued rows before shedding (503)")
     # -- retries and circuit breaker
     retries: int = Field(default=2, ge=0, description="Retries of an upstream call on 503/429/connection errors")
@@ -160,6 +163,7 @@ class Upstream:
     prefix: bytes = b""
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     lineage: Lineage | None = None
+    rows_counter: Any = None  # ct_gateway_predicted_rows{model, version}
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -353,6 +357,7 @@ class Gateway:
             raise UpstreamError(f"cannot load model metadata from {url}: {type(exc).__name__}: {exc}") from exc
         breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset, on_change=self._on_circuit_change)
         up = Upstream(url=url.rstrip("/"), client=client, meta=meta, request_model=request_model, breaker=breaker)
+        up.rows_counter = self.rows.labels(meta.model, meta.version)
         if settings.batching:
             up.batcher = MicroBatcher(
                 lambda rows: self.call(up, rows),
@@ -433,6 +438,52 @@ class Gateway:
             self.upstream = None
         if self._background:
             await asyncio.wait(set(self._background), timeout=5)
+
+    # -- POST /predict --------------------------------------------------------------------------------------
+
+    async def predict(
+        self, chunks: AsyncIterator[bytes], content_length: str | None, given_request_id: str | None
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Validate, score (micro-batched), log; returns (status, headers, JSON body)."""
+        settings = self.settings
+        request_id = self.request_id(given_request_id)
+        rid = (b"x-request-id", request_id.encode("latin-1", "replace"))
+        up = self.upstream
+        try:
+            body = await _read_limited(chunks, content_length, settings.max_body_bytes)
+        except _TooLarge as exc:
+            detail = f"request body of {exc.args[0]}+ bytes exceeds the limit of {settings.max_body_bytes} bytes"
+            return _error_parts(413, "payload_too_large", detail, up, rid)
+        if up is None:
+            try:
+                from_json(body)
+            except ValueError:
+                return 422, [rid], to_json({"detail": _JSON_INVALID})
+            detail = self.last_error or "model metadata not loaded yet"
+            return _error_parts(503, "upstream_unavailable", detail, None, rid, retry_after=1.0)
+        try:
+            rows = up.request_model.model_validate_json(body).rows  # type: ignore[attr-defined]
+        except ValidationError as exc:
+            return 422, [*up.headers, rid], to_json({"detail": validation_errors(exc)})
+        up.acquire()  # no await since reading self.upstream: a swap cannot slip in between
+        try:
+            if up.batcher is not None and len(rows) <= settings.batch_max_rows:
+                predictions = await up.batcher.submit(rows)
+            else:
+                predictions = await self.call(up, rows)
+        except UpstreamCallError as exc:
+            return _error_parts(exc.status, exc.error, exc.detail, up, rid, exc.retry_after)
+        except QueueFull as exc:
+            self.shed.inc()
+            return _error_parts(503, "gateway_overloaded", str(exc), up, rid, retry_after=1.0)
+        except BatcherClosed as exc:
+            return _error_parts(503, "upstream_unavailable", f"{up.url}: {exc}", up, rid, retry_after=1.0)
+        finally:
+            up.release()
+        up.rows_counter.inc(len(rows))
+        if self.predlog is not None:
+            self.predlog.record(time.time(), request_id, up.lineage, rows, predictions)
+        return 200, [*up.headers, rid], up.prefix + to_json(predictions) + b"}"
 
     # -- the model-server call --------------------------------------------------------------------------
 
@@ -525,24 +576,21 @@ class Gateway:
 # The app
 
 
-def _error(
+def _error_parts(
     status: int,
     error: str,
     detail: Any,
-    up: Upstream | None = None,
-    request_id: str | None = None,
+    up: Upstream | None,
+    request_id: tuple[bytes, bytes],
     retry_after: float | None = None,
-    **extra: Any,
-) -> Response:
-    body: dict[str, Any] = {"error": error, "detail": detail, **extra}
+) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    body: dict[str, Any] = {"error": error, "detail": detail}
     if up is not None and status >= 500:
-        body.setdefault("upstream", up.url)
-    headers = list(up.headers) if up is not None else []
-    if request_id:
-        headers.append((b"x-request-id", request_id.encode("latin-1", "replace")))
+        body["upstream"] = up.url
+    headers = [*up.headers, request_id] if up is not None else [request_id]
     if retry_after is not None:
         headers.append((b"retry-after", str(max(1, round(retry_after))).encode()))
-    return _raw_response(to_json(body), status, headers)
+    return status, headers, to_json(body)
 
 
 def _raw_response(body: bytes, status: int, headers: list[tuple[bytes, bytes]]) -> Response:
@@ -559,22 +607,39 @@ class _TooLarge(Exception):
     pass
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
+async def _read_limited(chunks: AsyncIterator[bytes], declared: str | None, limit: int) -> bytes:
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise _TooLarge(int(declared))
-    chunks = []
+    parts = []
     size = 0
-    async for chunk in request.stream():
+    async for chunk in chunks:
         size += len(chunk)
         if size > limit:
             raise _TooLarge(size)
-        chunks.append(chunk)
-    return b"".join(chunks)
+        parts.append(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-class ObserveMiddleware:
-    """Request count + latency by endpoint/method/status (pure ASGI: no per-request task or stream)."""
+async def _receive_chunks(receive: Any) -> AsyncIterator[bytes]:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        body = message.get("body", b"")
+        if body:
+            yield body
+        if not message.get("more_body", False):
+            return
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class GatewayMiddleware:
+    """Pure ASGI (no per-request task or stream): request count + latency by endpoint/method/status for every
+    request, and the hot path: ``POST /predict`` served here directly, without the router, the dependency
+    machinery and the Request/Response objects (measured: about a third of the gateway's CPU per request)."""
 
     def __init__(self, app: Any, gateway: Gateway) -> None:
         self.app = app
@@ -585,6 +650,33 @@ class ObserveMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
+        if scope["path"] == "/predict" and scope["method"] == "POST":
+            status = 500
+            try:
+                content_length = request_id = None
+                for name, value in scope["headers"]:
+                    if name == b"content-length":
+                        content_length = value.decode("latin-1")
+                    elif name == b"x-request-id":
+                        request_id = value.decode("latin-1")
+                try:
+                    status, headers, body = await self.gateway.predict(
+                        _receive_chunks(receive), content_length, request_id
+                    )
+                except _ClientGone:
+                    status = 499  # client closed the connection: nothing to answer
+                    return
+                except Exception:
+                    logger.exception("POST /predict failed")
+                    status, headers, body = 500, [], b'{"error":"internal_error","detail":"see the gateway log"}'
+                headers.append(_JSON)
+                headers.append((b"content-length", str(len(body)).encode()))
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+            finally:
+                self.gateway.observe("/predict", "POST", status, time.perf_counter() - start)
+            return
+
         status = 500
 
         async def send_status(message: dict) -> None:
@@ -638,7 +730,7 @@ def create_app(settings: GatewaySettings | None = None, transport: httpx.AsyncBa
         lifespan=lifespan,
     )
     app.state.gateway = gw
-    app.add_middleware(ObserveMiddleware, gateway=gw)
+    app.add_middleware(GatewayMiddleware, gateway=gw)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -680,56 +772,11 @@ def create_app(settings: GatewaySettings | None = None, transport: httpx.AsyncBa
 
     @app.post("/predict", response_model=PredictResponse, responses=_ERROR_RESPONSES)
     async def predict(request: Request) -> Response:
-        request_id = gw.request_id(request.headers.get("x-request-id"))
-        up = gw.upstream
-        try:
-            body = await _read_body(request, settings.max_body_bytes)
-        except _TooLarge as exc:
-            return _error(
-                413,
-                "payload_too_large",
-                f"request body of {exc.args[0]}+ bytes exceeds the limit of {settings.max_body_bytes} bytes",
-                up,
-                request_id,
-            )
-        if up is None:
-            try:
-                from_json(body)
-            except ValueError:
-                return _raw_response(to_json({"detail": _JSON_INVALID}), 422, [])
-            detail = gw.last_error or "model metadata not loaded yet"
-            return _error(503, "upstream_unavailable", detail, None, request_id, retry_after=1.0)
-        try:
-            rows = up.request_model.model_validate_json(body).rows  # type: ignore[attr-defined]
-        except ValidationError as exc:
-            return _raw_response(
-                to_json({"detail": validation_errors(exc)}),
-                422,
-                [*up.headers, (b"x-request-id", request_id.encode("latin-1", "replace"))],
-            )
-        up.acquire()  # no await since reading gw.upstream: a swap cannot slip in between
-        try:
-            if up.batcher is not None and len(rows) <= settings.batch_max_rows:
-                predictions = await up.batcher.submit(rows)
-            else:
-                predictions = await gw.call(up, rows)
-        except UpstreamCallError as exc:
-            return _error(exc.status, exc.error, exc.detail, up, request_id, exc.retry_after)
-        except QueueFull as exc:
-            gw.shed.inc()
-            return _error(503, "gateway_overloaded", str(exc), up, request_id, retry_after=1.0)
-        except BatcherClosed as exc:
-            return _error(503, "upstream_unavailable", f"{up.url}: {exc}", up, request_id, retry_after=1.0)
-        finally:
-            up.release()
-        gw.rows.labels(up.meta.model, up.meta.version).inc(len(rows))
-        if gw.predlog is not None:
-            gw.predlog.record(time.time(), request_id, up.lineage, rows, predictions)
-        return _raw_response(
-            up.prefix + to_json(predictions) + b"}",
-            200,
-            [*up.headers, (b"x-request-id", request_id.encode("latin-1", "replace"))],
+        # Served by PredictMiddleware (the hot path, raw ASGI); this route documents it and is the fallback.
+        status, headers, body = await gw.predict(
+            request.stream(), request.headers.get("content-length"), request.headers.get("x-request-id")
         )
+        return _raw_response(body, status, headers)
 
     @app.put("/admin/upstream")
     async def swap_upstream(swap: UpstreamSwap, authorization: Annotated[str | None, Header()] = None) -> Any:
