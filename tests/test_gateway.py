@@ -223,7 +223,8 @@ def test_metrics_and_openapi(client):
     assert 'ct_gateway_requests_total{endpoint="/predict",method="POST",status="200"} 1.0' in text
     assert 'ct_gateway_requests_total{endpoint="/predict",method="POST",status="422"} 1.0' in text
     assert "ct_gateway_request_duration_seconds_bucket" in text
-    assert 'ct_gateway_model_info{image_digest="sha256:' + "1" * 64 + '",model="fraud-detector",run_id="' in text
+    assert 'ct_gateway_model_info{model="fraud-detector",run_id="' + "r" * 32 in text
+    assert 'ct_gateway_model_image_info{image_digest="sha256:' + "1" * 64 + '",model="fraud-detector"' in text
     assert 'ct_gateway_batch_rows_bucket{le="1.0"}' in text and "ct_gateway_circuit_state 0.0" in text
     assert 'ct_gateway_upstream_calls_total{outcome="ok"} 1.0' in text
     assert 'ct_gateway_predicted_rows_total{model="fraud-detector",version="3"} 1.0' in text
@@ -425,3 +426,29 @@ def test_prediction_log_written_by_the_gateway(tmp_path):
     assert first["version"] == "3" and first["image_digest"] == "sha256:" + "1" * 64
     assert first["features"] == row(amount=1.0)
     assert list(tmp_path.glob("model=fraud-detector/date=*/hour=*/v3-*.parquet"))
+
+
+def test_fastapi_route_answers_like_the_fast_path():
+    """The documented FastAPI route (reached without the middleware) gives the same answers as the fast path."""
+    import asyncio
+
+    async def main():
+        answers = []
+        for fast_path in (True, False):
+            app = _app(fake_model_server())
+            if not fast_path:
+                app.user_middleware.clear()  # before the first request builds the stack: only the FastAPI route
+            await app.state.gateway.connect_initial(attempts=1)
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+                ok = await c.post("/predict", json={"rows": [row()]}, headers={"X-Request-Id": "same"})
+                bad = await c.post("/predict", json={"rows": [row(amount="x")]}, headers={"X-Request-Id": "same"})
+                answers.append([(r.status_code, r.json(), r.headers["X-Model-Version"]) for r in (ok, bad)])
+                metrics = (await c.get("/metrics")).text
+            assert (
+                'ct_gateway_requests_total{endpoint="/predict",method="POST",status="200"} 1.0' in metrics
+            ) is fast_path
+            await app.state.gateway.close()
+        return answers
+
+    fast, route = asyncio.run(main())
+    assert fast == route and fast[0][0] == 200 and fast[1][0] == 422

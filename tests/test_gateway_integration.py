@@ -218,7 +218,8 @@ def test_health_metrics_and_docs(stack):
     assert 'ct_gateway_requests_total{endpoint="/predict",method="POST",status="422"}' in text
     assert 'ct_gateway_request_duration_seconds_bucket{endpoint="/predict"' in text
     assert "ct_gateway_batch_rows_bucket" in text and "ct_gateway_batch_requests_bucket" in text
-    assert f'ct_gateway_model_info{{image_digest="{IMAGE_DIGEST}",model="{MODEL}"' in text
+    assert f'ct_gateway_model_info{{model="{MODEL}",run_id="{bento.run_id}"' in text
+    assert f'ct_gateway_model_image_info{{image_digest="{IMAGE_DIGEST}",model="{MODEL}"' in text
     assert f'ct_gateway_predicted_rows_total{{model="{MODEL}",version="{bento.version}"}}' in text
     spec = httpx.get(f"{s.url}/openapi.json").json()
     assert spec["components"]["schemas"]["Row"]["required"] == FEATURES

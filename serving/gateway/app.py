@@ -268,7 +268,13 @@ class Gateway:
         self.model_info = Gauge(
             "ct_gateway_model_info",
             "Model served behind the gateway (value 1)",
-            ["model", "version", "run_id", "image_digest", "upstream"],
+            ["model", "version", "run_id", "upstream"],
+            registry=r,
+        )
+        self.image_info = Gauge(
+            "ct_gateway_model_image_info",
+            "Image the model server runs from (value 1; empty digest when it reports none)",
+            ["model", "version", "image_digest"],
             registry=r,
         )
         self.swaps = Counter("ct_gateway_upstream_swaps", "Upstream swaps", registry=r)
@@ -379,10 +385,10 @@ class Gateway:
         previous, self.upstream = self.upstream, upstream
         self.last_error = None
         self.model_info.clear()
+        self.image_info.clear()
         meta = upstream.meta
-        self.model_info.labels(meta.model, meta.version, meta.run_id or "", meta.image_digest or "", upstream.url).set(
-            1
-        )
+        self.model_info.labels(meta.model, meta.version, meta.run_id or "", upstream.url).set(1)
+        self.image_info.labels(meta.model, meta.version, meta.image_digest or "").set(1)
         self.circuit_state.set(CircuitBreaker.STATE_VALUES[upstream.breaker.state])
         return previous
 
