@@ -190,6 +190,11 @@ def docker_client(img_settings):
 
     client = docker.DockerClient(base_url=img_settings.docker_host, timeout=600)
     yield client
+    # drop this run's images (all engines share podman's storage) but not their untagged parents: those are the
+    # layer cache the next run builds on (the Docker API's image removal would prune them)
+    tags = [tag for img in client.images.list() for tag in img.tags if f"/{PREFIX}" in tag]
+    if tags:
+        subprocess.run(["podman", "rmi", "--no-prune", "--force", *tags], capture_output=True, timeout=300)
     client.close()
 
 
@@ -505,7 +510,7 @@ def _promotion_values(home: Path, manifest_path: str) -> dict[str, str]:
     return {b: _git(home, "show", f"{b}:{manifest_path}") for b in branches}
 
 
-def test_loop_promotes_the_image_by_digest_and_a_failed_push_changes_nothing(img_settings, tmp_path):
+def test_loop_promotes_the_image_by_digest_and_a_failed_push_changes_nothing(img_settings, docker_client, tmp_path):
     """`ctpipe run` end to end (a fresh process, as users run it): the promotion's values file pins the pushed
     image by digest. Then a run whose push fails exits non-zero naming the push, and the GitOps remote is left
     exactly as it was (no new branch, no manifest change)."""
