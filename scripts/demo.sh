@@ -14,6 +14,16 @@ run ctpipe validate
 say "Embedded defaults: local GitOps remote (bare git repo), MLflow on SQLite under $CTPIPE_HOME"
 run ctpipe init
 
+say "Container engine for the model-service image: podman + a local registry (make containers)"
+if [ -f "$CTPIPE_HOME/containers/env" ]; then
+  . "$CTPIPE_HOME/containers/env"
+  echo "the package step builds the Bento's OCI image, pushes it to $CTPIPE_IMAGE_REGISTRY and pins it by digest"
+else
+  export CTPIPE_IMAGE_ENGINE=none
+  echo "no container engine here: $(cat "$CTPIPE_HOME/containers/unavailable" 2>/dev/null || echo 'make containers did not run')"
+  echo "the demo continues with the Bento only (no image in the GitOps manifest)"
+fi
+
 say "Demo data: 60 days of card transactions, partitioned by day"
 run ctpipe demo-data --days 60
 
@@ -57,9 +67,21 @@ served=$(curl -s -X POST "$gw/predict" -H 'content-type: application/json' -d "{
 import json, sys
 b = json.load(sys.stdin)
 print("%s v%s (MLflow run %s), predictions %s" % (b["model"], b["version"], b["run_id"], [round(p, 4) for p in b["predictions"]]))')
+image=$(python - "$MODEL" <<'PY'
+import sys
+from ct_pipeline.gitops import default_publisher, deployed_model
+from ct_pipeline.settings import get_settings
+from ct_pipeline.spec import find_spec
+s = get_settings()
+spec = find_spec(s.models_dir, sys.argv[1])
+d = deployed_model(default_publisher(s, spec), spec)
+print(f"{d.image_repository}@{d.image_digest} (tag {d.image_tag})" if d and d.image_digest else "none (Bento only)")
+PY
+)
 say "Done"
 echo "promotion branch : ${branch:-none} (remote $CTPIPE_HOME/gitops.git)"
 echo "served model     : $served"
+echo "model image      : $image"
 echo "prediction API   : curl -s -X POST $gw/predict -H 'content-type: application/json' -d '{\"rows\": $sample}'"
 echo "MLflow UI        : mlflow ui --backend-store-uri sqlite:///$CTPIPE_HOME/mlflow.db --host 127.0.0.1"
 echo "roll back        : .venv/bin/ctpipe rollback $MODEL && .venv/bin/ctpipe reconcile"
