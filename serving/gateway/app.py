@@ -498,7 +498,7 @@ class Gateway:
 
         Returns one score per row; raises UpstreamCallError with the answer the client gets.
         """
-        settings, breaker = self.settings, up.breaker
+        breaker = up.breaker
         if not breaker.allow():
             wait = breaker.retry_after()
             self.upstream_calls.labels("circuit_open").inc()
@@ -509,6 +509,14 @@ class Gateway:
                 f"(last: {breaker.last_error}); next try in {wait:.1f}s",
                 retry_after=max(wait, 0.1),
             )
+        try:
+            return await self._call(up, rows)
+        except BaseException:
+            breaker.release_probe()  # no-op when the call already gave its verdict; never leave a probe hanging
+            raise
+
+    async def _call(self, up: Upstream, rows: list[dict[str, Any]]) -> list[Any]:
+        settings, breaker = self.settings, up.breaker
         body = to_json({"rows": rows})
         deadline = time.monotonic() + settings.request_timeout
         attempt = 0
@@ -531,9 +539,6 @@ class Gateway:
                     503, "upstream_unavailable", f"{up.url}: {type(exc).__name__}: {exc}", retry_after=1.0
                 )
                 retry_reason = "connection"
-            except asyncio.CancelledError:
-                breaker.release_probe()
-                raise
             else:
                 self.upstream_latency.observe(time.perf_counter() - start)
                 status = resp.status_code
