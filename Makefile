@@ -18,7 +18,7 @@ help:
 	@echo "make containers - podman + base image + local registry for the model-service images (demo/test do it)"
 	@echo "make lint   - ruff"
 	@echo "make bench-gate - false-promotion rate and power of the gate (about 10 minutes)"
-	@echo "make bench  - serving throughput/latency: ceiling vs model server vs gateway path, + soak (about 8 minutes; needs wrk)"
+	@echo "make bench  - serving throughput/latency: ceiling vs model server vs gateway path, + soak (about 10 minutes; needs wrk)"
 	@echo "make clean  - remove local state (.ctpipe) and the venv"
 
 venv: $(STAMP)
