@@ -63,6 +63,7 @@ from ct_pipeline.gitops import (
     promotion_branch,
     record_path,
     resolve_remote,
+    revert_message,
 )
 from ct_pipeline.manifest import ManifestError, read_deployed
 from ct_pipeline.records import PromotionRecord
@@ -770,19 +771,7 @@ class GitHubPublisher:
             restores = f"v{prev.version}" if prev else "nothing deployed"
         except ManifestError:
             restores = "its previous content"
-        message = (
-            f"Revert promotion {target.promotion_id} in {environment}\n\n"
-            f"This reverts commit {target.commit}.\n"
-            f'{target.manifest_path} goes back to {restores} (before "{target.subject}").\n\n'
-            + _trailers(
-                promotion_id=target.promotion_id,
-                model=model,
-                environment=environment,
-                manifest=target.manifest_path,
-                reverts=target.commit,
-            )
-            + "\n"
-        )
+        message = revert_message(target, model, environment, restores)
         base_commit = self._call("reading a commit", repo.get_git_commit, base_sha)
         tree = self._call("creating a tree", repo.create_git_tree, elements, base_commit.tree)
         author = InputGitAuthor(self.author_name, self.author_email)

@@ -163,6 +163,22 @@ class GitOpsEvent(BaseModel):
     reverts: str | None = None
 
 
+def revert_message(target: GitOpsEvent, model: str, environment: str, restores: str) -> str:
+    """The commit message of a rollback, the same from every publisher (its trailers make it findable)."""
+    trailers = _trailers(
+        promotion_id=target.promotion_id,
+        model=model,
+        environment=environment,
+        manifest=target.manifest_path,
+        reverts=target.commit,
+    )
+    return (
+        f"Revert promotion {target.promotion_id} in {environment}\n\n"
+        f"This reverts commit {target.commit}.\n"
+        f'{target.manifest_path} goes back to {restores} (before "{target.subject}").\n\n' + trailers + "\n"
+    )
+
+
 # --------------------------------------------------------------------------------------------- protocol
 
 
@@ -728,19 +744,7 @@ class LocalGitPublisher:
                     f"promotion {target.promotion_id} ({target.commit[:12]}) has already been undone by hand "
                     f"on {self.base_branch}; nothing to revert"
                 )
-            message = (
-                f"Revert promotion {target.promotion_id} in {environment}\n\n"
-                f"This reverts commit {target.commit}.\n"
-                f'{target.manifest_path} goes back to {restores} (before "{target.subject}").\n\n'
-                + _trailers(
-                    promotion_id=target.promotion_id,
-                    model=model,
-                    environment=environment,
-                    manifest=target.manifest_path,
-                    reverts=target.commit,
-                )
-                + "\n"
-            )
+            message = revert_message(target, model, environment, restores)
             sha = repo.commit(message)
             repo.push(f"{sha}:refs/heads/{self.base_branch}")
         return sha
