@@ -55,6 +55,7 @@ from ct_pipeline.gitops import (
     PromotionNotFoundError,
     PushRejectedError,
     RemoteError,
+    RevertIndex,
     _trailers,
     _valid_repo_path,
     checked_promotion,
@@ -636,21 +637,8 @@ class GitHubPublisher:
 
     def _scan(self) -> list[GitOpsEvent]:
         chain, by_sha = self._commits()
-        reverters: dict[str, list[str]] = {}
-        reverts_of: dict[str, str] = {}
-        for sha, commit in by_sha.items():
-            for target in _REVERTS_RE.findall(commit.commit.message):
-                reverters.setdefault(target, []).append(sha)
-                reverts_of.setdefault(sha, target)
-        live_cache: dict[str, bool] = {}
-
-        def live(sha: str, depth: int = 0) -> bool:
-            if sha not in live_cache:
-                live_cache[sha] = depth > 50 or not any(live(r, depth + 1) for r in reverters.get(sha, ()))
-            return live_cache[sha]
-
-        def reverted_by(sha: str) -> str | None:
-            return next((r for r in reverters.get(sha, ()) if live(r)), None)
+        index = RevertIndex.from_messages((sha, c.commit.message) for sha, c in by_sha.items())
+        reverts_of, reverted_by = index.reverts_of, index.reverted_by
 
         def when(commit) -> datetime:
             date = commit.commit.committer.date

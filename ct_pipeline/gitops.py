@@ -163,6 +163,35 @@ class GitOpsEvent(BaseModel):
     reverts: str | None = None
 
 
+class RevertIndex:
+    """Which commit reverts which ("This reverts commit X" lines), and whether a revert was itself undone.
+
+    A revert of a revert makes the original live again, so ``reverted_by`` follows the chain.
+    """
+
+    def __init__(self) -> None:
+        self.reverters: dict[str, list[str]] = {}
+        self.reverts_of: dict[str, str] = {}
+        self._live: dict[str, bool] = {}
+
+    @classmethod
+    def from_messages(cls, commits) -> RevertIndex:
+        index = cls()
+        for sha, message in commits:
+            for target in _REVERTS_RE.findall(message):
+                index.reverters.setdefault(target, []).append(sha)
+                index.reverts_of.setdefault(sha, target)
+        return index
+
+    def live(self, sha: str, depth: int = 0) -> bool:
+        if sha not in self._live:
+            self._live[sha] = depth > 50 or not any(self.live(r, depth + 1) for r in self.reverters.get(sha, ()))
+        return self._live[sha]
+
+    def reverted_by(self, sha: str) -> str | None:
+        return next((r for r in self.reverters.get(sha, ()) if self.live(r)), None)
+
+
 def revert_message(target: GitOpsEvent, model: str, environment: str, restores: str) -> str:
     """The commit message of a rollback, the same from every publisher (its trailers make it findable)."""
     trailers = _trailers(
@@ -634,24 +663,10 @@ class LocalGitPublisher:
             commits.append((sha, parents.split(), int(ts), subject, body, names.split("\n")))
         # Reverts anywhere in base's history (also inside merged revert branches, as GitHub makes them).
         # A commit is live unless a live commit reverts it: reverting a revert re-applies the original.
-        reverters: dict[str, list[str]] = {}
-        reverts_of: dict[str, str] = {}
         all_bodies = repo.run("log", "--format=%H%x1f%B%x1e", base).stdout.decode(errors="replace")
-        for entry in all_bodies.split("\x1e"):
-            if "\x1f" in entry:
-                sha, body = entry.strip("\n").split("\x1f", 1)
-                for target in _REVERTS_RE.findall(body):
-                    reverters.setdefault(target, []).append(sha)
-                    reverts_of.setdefault(sha, target)
-        live_cache: dict[str, bool] = {}
-
-        def live(sha: str, depth: int = 0) -> bool:
-            if sha not in live_cache:
-                live_cache[sha] = depth > 50 or not any(live(r, depth + 1) for r in reverters.get(sha, ()))
-            return live_cache[sha]
-
-        def reverted_by(sha: str) -> str | None:
-            return next((r for r in reverters.get(sha, ()) if live(r)), None)
+        entries = (e.strip("\n").split("\x1f", 1) for e in all_bodies.split("\x1e") if "\x1f" in e)
+        index = RevertIndex.from_messages((sha, body) for sha, body in entries)
+        reverts_of, reverted_by = index.reverts_of, index.reverted_by
 
         events: list[GitOpsEvent] = []
         promo_by_commit: dict[str, GitOpsEvent] = {}
