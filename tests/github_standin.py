@@ -372,8 +372,18 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
+    def _record(self, status: int) -> None:
+        # Logged before the response goes out: once a client has its answer, tests can count the call.
+        if not self._recorded:
+            self._recorded = True
+            with self.standin.lock:
+                self.standin.requests.append(
+                    (time.monotonic(), self.command, unquote(urlsplit(self.path).path), status)
+                )
+
     def _send(self, status: int, doc: Any = None, headers: dict | None = None, raw: bytes | None = None) -> None:
         data = raw if raw is not None else (b"" if doc is None else json.dumps(doc).encode())
+        self._record(status)
         self.send_response(status)
         if raw is None and doc is not None:
             self.send_header("Content-Type", "application/json; charset=utf-8")
@@ -392,6 +402,7 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         path, query = unquote(url.path), parse_qs(url.query)
         status = 500
+        self._recorded = False
         try:
             if not path.startswith(API + "/"):
                 status = self._git_http(path, url.query)
@@ -419,8 +430,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(500, {"message": f"stand-in error: {type(exc).__name__}: {exc}"})
             raise
         finally:
-            with s.lock:
-                s.requests.append((time.monotonic(), self.command, path, status))
+            self._record(status)  # calls answered without _send (git over HTTP)
 
     do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = do_HEAD = _handle
 
