@@ -414,9 +414,8 @@ class LocalRuntime:
         port = free_port(self.host, self.settings.model_server_base_port, taken | {self.settings.gateway_port})
         log = self.logs / f"{desired.model}-model-server-{port}.log"
         env = {
-            # The gateway micro-batches concurrent requests into one call; BentoML's adaptive batching behind it
-            # only adds its learned wait (measured by `make bench`, see serving/README.md). CT_BATCHING overrides.
-            "CT_BATCHING": "false",
+            # The model service's own defaults (BentoML adaptive batching on, CT_* settings) unless the
+            # environment says otherwise: the gateway's batches and other callers' requests are merged there.
             **os.environ,
             "BENTOML_HOME": str(bento_store_home(self.settings)),
             "BENTOML_DO_NOT_TRACK": "true",

@@ -8,8 +8,8 @@ into a Bento with ct_pipeline.package.build_bento), same single-row JSON payload
   b-off  the BentoML model server direct, adaptive batching off (CT_BATCHING=false)
   b-on   the BentoML model server direct, adaptive batching on (the service's defaults)
   c      the full path: gateway -> model server, both started by ct_pipeline.rollout.LocalRuntime
-         (the exact processes `ctpipe reconcile` runs: gateway micro-batching, BentoML batching off)
-  c-bon  the same, with the model server's BentoML adaptive batching on (CT_BATCHING=true)
+         (the exact processes `ctpipe reconcile` runs: gateway micro-batching, BentoML adaptive batching on)
+  c-boff the same, with the model server's BentoML batching off (CT_BATCHING=false)
 
 Each point is measured --rounds times, interleaved across paths (the machine may be shared and its load
 drift), and the median run is reported.
@@ -50,7 +50,7 @@ PATHS = {
     "b-off": "model server direct, batching off",
     "b-on": "model server direct, BentoML batching on",
     "c": "full path: gateway -> model server (as rollout runs it)",
-    "c-bon": "full path, model server with BentoML batching on",
+    "c-boff": "full path, model server with BentoML batching off",
 }
 
 # ---------------------------------------------------------------------------------------------------------
@@ -102,6 +102,10 @@ def serve_ceiling(port: int, bento_model_tag: str, config_path: str, mode: str) 
     async def readyz() -> dict:
         return {"status": "ready"}
 
+    import gc
+
+    gc.collect()
+    gc.freeze()  # as the model server and the gateway do after startup: no full-collection pauses
     uvicorn.run(app, host=HOST, port=port, access_log=False, log_level="warning")
 
 
@@ -597,10 +601,10 @@ def start_servers(paths, args, settings, ref, servers: Servers) -> tuple[dict, d
         bento_tag=ref.bento_tag,
         data_hash=ref.data_hash,
     )
-    for key, batching in (("c", None), ("c-bon", "true")):
+    for key, batching in (("c", None), ("c-boff", "false")):
         if key not in paths:
             continue
-        # the exact processes `ctpipe reconcile` starts (c-bon: with BentoML's adaptive batching on)
+        # the exact processes `ctpipe reconcile` starts (c-boff: with BentoML's adaptive batching off)
         log(f"{key}: model server + gateway started by ct_pipeline.rollout.LocalRuntime")
         home = settings.home_dir if key == "c" else settings.home_dir.with_name(settings.home_dir.name + "-" + key)
         runtime = LocalRuntime(
@@ -726,7 +730,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
         report["runs"] = {key: {str(c): r for c, r in per.items()} for key, per in runs.items()}
         report["results"] = {key: [median_run(per[c]) for c in concurrency] for key, per in runs.items()}
-        report["gateway_batches"] = {key: _batch_summary(urls[key]) for key in ("c", "c-bon") if key in urls}
+        report["gateway_batches"] = {key: _batch_summary(urls[key]) for key in ("c", "c-boff") if key in urls}
         report["ratios"] = []
         if "a" in runs and "c" in runs:
             for conc, ra, rc in zip(concurrency, report["results"]["a"], report["results"]["c"], strict=True):

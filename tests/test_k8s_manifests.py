@@ -709,6 +709,10 @@ def test_rendered_workloads_keep_the_chart_promises(gitops_tree, helm_render):
         and gw_c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     )
     assert ms_c["ports"][0]["containerPort"] == 3000
+    ms_env = {e["name"]: e.get("value") for e in ms_c["env"]}
+    # the server reports the image it runs from; BentoML's adaptive batching stays on behind the gateway
+    assert ms_env["CT_IMAGE_DIGEST"] == DIGEST
+    assert (ms_env["CT_BATCHING"], ms_env["CT_MAX_LATENCY_MS"], ms_env["CT_MODEL_THREADS"]) == ("true", "500", "1")
     for dep, container in ((ms, ms_c), (gw, gw_c)):
         spec = dep["spec"]
         assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
@@ -739,6 +743,7 @@ def test_rendered_workloads_keep_the_chart_promises(gitops_tree, helm_render):
     by_tag = {o["kind"] + o["metadata"]["name"]: o for o in helm_render(merge(values, {"image": {"digest": ""}}))}
     image = by_tag["Deploymentfraud-detector-ct-serving-model-server"]["spec"]["template"]["spec"]["containers"][0]
     assert image["image"] == "ghcr.io/ct-pipeline/fraud-detector:v4"
+    assert "CT_IMAGE_DIGEST" not in {e["name"] for e in image["env"]}  # no digest known: none claimed
     fixed = helm_render(merge(values, {"modelServer": {"autoscaling": {"enabled": False}, "replicas": 3}}))
     dep = next(
         o

@@ -15,8 +15,11 @@ This file deliberately does not import ct_pipeline: it runs inside the bento / c
 """
 
 import contextlib
+import gc
 import json
+import logging
 import math
+import operator
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,6 +33,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, _MODEL_THREADS)
 
 import bentoml  # noqa: E402
+from bentoml.validators import ContentType  # noqa: E402
 from pydantic import (  # noqa: E402
     AfterValidator,
     BaseModel,
@@ -41,6 +45,7 @@ from pydantic import (  # noqa: E402
     create_model,
 )
 
+logger = logging.getLogger("ct_model_service")
 CONFIG_PATH = Path(os.environ.get("CT_MODEL_CONFIG", Path(__file__).with_name("ct_model.json")))
 if not CONFIG_PATH.is_file():
     raise FileNotFoundError(
@@ -109,6 +114,9 @@ def _row_model() -> type[BaseModel]:
 
 
 Row = _row_model()
+# A fixed media type: without one BentoML derives it from the output's JSON schema on every response
+# (a third of the server's CPU per 1-row call here).
+_JsonScores = Annotated[list[float], ContentType("application/json")]
 
 
 def _limit_model_threads(model: Any, threads: int) -> None:
@@ -149,11 +157,66 @@ class CTModelService:
         # Loaded once per worker process.
         self.model = bentoml.mlflow.load_model(self.bento_model)
         _limit_model_threads(self.model, int(_MODEL_THREADS))
-        self._dtypes = {f: _NUMPY_DTYPES.get(FEATURE_DTYPES.get(f, "double"), "float64") for f in FEATURES}
+        self._dtypes = [_NUMPY_DTYPES.get(FEATURE_DTYPES.get(f, "double"), "float64") for f in FEATURES]
+        self._columns = pd.Index(FEATURES)
+        self._row_values = operator.attrgetter(*(f"f{i}" for i in range(len(FEATURES))))
+        self._predict = self._choose_predict()
+        # The model, MLflow and BentoML leave ~10^6 long-lived objects: without freezing them every full
+        # collection walks them all, a ~150 ms pause that showed up as the 1-row p99.
+        gc.collect()
+        gc.freeze()
 
     def _frame(self, rows: list[BaseModel]):
-        values = [[getattr(row, f"f{i}") for i in range(len(FEATURES))] for row in rows]
-        return self._pd.DataFrame(values, columns=FEATURES).astype(self._dtypes)
+        """The model input for validated rows: typed columns, built without per-cell pandas work."""
+        values = [self._row_values(row) for row in rows]
+        if len(FEATURES) == 1:
+            values = [(v,) for v in values]
+        return self._frame_from_values(values)
+
+    def _frame_from_values(self, values: list[tuple]):
+        np, pd = self._np, self._pd
+        if len(set(self._dtypes)) == 1 and self._dtypes[0] != "object":
+            # one 2-D block: ~10 us for 1 or 64 rows, where DataFrame(list).astype(dict) took ~2 ms
+            block = np.array(values, dtype=self._dtypes[0]).reshape(len(values), len(FEATURES))
+            return pd.DataFrame(block, columns=self._columns, copy=False)
+        columns = zip(*values, strict=True) if values else [()] * len(FEATURES)
+        return pd.DataFrame(
+            {f: np.array(col, dtype=dt) for f, dt, col in zip(FEATURES, self._dtypes, columns, strict=True)},
+            columns=self._columns,
+        )
+
+    def _choose_predict(self):
+        """The function scoring a frame: the estimator's own method when that is provably the same answer.
+
+        MLflow's pyfunc ``predict`` re-checks every frame against the signature (~1.2 ms a call here) before
+        calling the sklearn flavour's ``predict_fn``. Rows reaching ``_frame`` are already validated against
+        that signature by the request model and typed from it, so for the sklearn flavour the estimator's
+        method is called directly (LightGBM 200 trees, 1 row: 1.9 ms -> 0.66 ms). It is used only if it
+        gives exactly the pyfunc's scores on the model's logged input example; otherwise, and for other
+        flavours, or with CT_PREDICT_PATH=pyfunc, every call goes through pyfunc ``predict``.
+        """
+        pyfunc_predict = self.model.predict
+        self.predict_path = "pyfunc"
+        if os.environ.get("CT_PREDICT_PATH", "auto").strip().lower() == "pyfunc":
+            return pyfunc_predict
+        pyfunc_conf = self.model.metadata.flavors.get("python_function", {})
+        if pyfunc_conf.get("loader_module") != "mlflow.sklearn":
+            return pyfunc_predict
+        try:
+            method = getattr(self.model.get_raw_model(), pyfunc_conf.get("predict_fn") or "predict")
+            example = self.model.metadata.load_input_example(self.bento_model.path_of("mlflow_model"))
+            probe = self._frame_from_values(list(example[FEATURES].itertuples(index=False, name=None)))
+            same = self._np.array_equal(
+                self._np.asarray(method(probe)), self._np.asarray(pyfunc_predict(probe)), equal_nan=True
+            )
+        except Exception as exc:  # no example, missing columns, an estimator that refuses frames...
+            logger.warning("scoring through MLflow pyfunc predict: direct estimator call not verified (%s)", exc)
+            return pyfunc_predict
+        if not same:
+            logger.warning("scoring through MLflow pyfunc predict: the estimator's scores differ from pyfunc's")
+            return pyfunc_predict
+        self.predict_path = f"estimator.{method.__name__}"
+        return method
 
     def _scores(self, raw: Any) -> list[float]:
         arr = self._np.asarray(raw, dtype="float64")
@@ -162,11 +225,11 @@ class CTModelService:
         return [float(v) if math.isfinite(v) else None for v in arr.reshape(-1)]
 
     @bentoml.api(batchable=BATCHING, max_batch_size=MAX_BATCH_SIZE, max_latency_ms=MAX_LATENCY_MS)
-    def predict(self, rows: list[Row]) -> list[float]:  # type: ignore[valid-type]
+    def predict(self, rows: list[Row]) -> _JsonScores:  # type: ignore[valid-type]
         """Scores for a list of rows, one float per row, in order."""
         if not rows:
             return []
-        return self._scores(self.model.predict(self._frame(rows)))
+        return self._scores(self._predict(self._frame(rows)))
 
     @bentoml.api
     def metadata(self) -> dict[str, Any]:
@@ -177,4 +240,5 @@ class CTModelService:
             "image_digest": IMAGE_DIGEST or CONFIG.get("image_digest"),
             "features": FEATURES,
             "feature_dtypes": {f: FEATURE_DTYPES.get(f, "double") for f in FEATURES},
+            "predict_path": self.predict_path,
         }
