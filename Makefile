@@ -50,6 +50,8 @@ bench-gate: venv
 	$(BIN)/python scripts/bench_gate.py
 
 bench: venv
+	@command -v wrk >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \
+		&& apt-get install -y -qq wrk >/dev/null; } || { echo "make bench needs wrk (apt-get install wrk)"; exit 1; }
 	$(BIN)/python scripts/bench.py
 
 test-unit: venv

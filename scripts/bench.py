@@ -397,22 +397,39 @@ def run_wrk(url: str, script: Path, connections: int, seconds: float, server_pid
 
 
 def soak(
-    url: str, body: str, workdir: Path, capacity: float, fraction: float, seconds: float, pids: dict[str, int]
+    url: str,
+    body: str,
+    workdir: Path,
+    capacity: float,
+    connections: int,
+    fraction: float,
+    seconds: float,
+    pids: dict[str, int],
 ) -> dict[str, Any]:
-    """Full path at ``fraction`` of ``capacity`` req/s for ``seconds``: errors and RSS growth per process tree."""
-    connections = 64
+    """Full path at ``fraction`` of ``capacity`` req/s for ``seconds``: errors and RSS growth per process tree.
+
+    ``connections`` is the concurrency the capacity was measured at. The soak opens 4x as many, each mostly
+    thinking: the think time then dominates every connection's cycle, so the offered rate depends little on
+    the response time (a closed loop with short think times drifts with latency: +18% in a trial run).
+    """
+    connections *= 4
     target = capacity * fraction
-    # calibrate the per-connection delay so the offered rate lands near the target
-    delay_ms = max(0.1, connections / target * 1000 - 2.0)
+    # Calibrate the per-connection think time so the offered rate lands near the target. wrk's delay() is in
+    # whole milliseconds, and the response time under load is unknown up front, so correct from probes.
+    delay_ms = max(0.1, connections / target * 1000 * 0.5)
     all_pids = list(pids.values())
-    for _ in range(3):
-        probe = run_wrk(url, wrk_script(workdir / "soak.lua", body, delay_ms), connections, 5, all_pids)
-        if probe["rps"] <= 0:
+
+    def corrected(delay: float, rps: float) -> float:
+        # cycle time per connection = think time + response time; move the think time by the cycle's error
+        return max(0.1, delay + (connections / target - connections / rps) * 1000) if rps > 0 else delay
+
+    calibration = []
+    for _ in range(6):
+        probe = run_wrk(url, wrk_script(workdir / "soak.lua", body, delay_ms), connections, 4, all_pids)
+        calibration.append({"delay_ms": round(delay_ms, 3), "rps": round(probe["rps"], 1)})
+        if probe["rps"] <= 0 or abs(probe["rps"] - target) / target < 0.03:
             break
-        delay_ms = max(0.1, delay_ms * probe["rps"] / target)
-        if abs(probe["rps"] - target) / target < 0.05:
-            break
-    script = wrk_script(workdir / "soak.lua", body, delay_ms)
+        delay_ms = corrected(delay_ms, probe["rps"])
     samples: list[dict[str, Any]] = []
     stop = threading.Event()
 
@@ -427,11 +444,35 @@ def soak(
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
+    # Consecutive 30 s segments, the think time corrected after each: the response time drifts over minutes
+    # (a single 120 s run calibrated on 4 s probes reached 73% of capacity instead of 80%).
+    segments: list[dict[str, Any]] = []
     try:
-        result = run_wrk(url, script, connections, seconds, all_pids)
+        remaining = seconds
+        while remaining >= 1:
+            length = min(30.0, remaining)
+            segment = run_wrk(url, wrk_script(workdir / "soak.lua", body, delay_ms), connections, length, all_pids)
+            segments.append(segment | {"delay_ms": round(delay_ms, 3)})
+            remaining -= length
+            delay_ms = corrected(delay_ms, segment["rps"])
     finally:
         stop.set()
         sampler.join(10)
+    total_s = sum(seg["seconds"] for seg in segments)
+    result = {
+        "requests": sum(seg["requests"] for seg in segments),
+        "seconds": total_s,
+        "rps": sum(seg["requests"] for seg in segments) / total_s if total_s else 0.0,
+        # percentiles do not merge: the median segment's p50 and the worst segment's p99 / max
+        "p50_ms": sorted(seg["p50_ms"] for seg in segments)[len(segments) // 2],
+        "p99_ms": max(seg["p99_ms"] for seg in segments),
+        "max_ms": max(seg["max_ms"] for seg in segments),
+        "non2xx": sum(seg["non2xx"] for seg in segments),
+        "socket_errors": sum(seg["socket_errors"] for seg in segments),
+        "cpu_servers": sum(seg["cpu_servers"] * seg["seconds"] for seg in segments) / total_s if total_s else 0.0,
+        "cpu_other": sum(seg["cpu_other"] * seg["seconds"] for seg in segments) / total_s if total_s else 0.0,
+        "segments": segments,
+    }
     samples.append({"t": round(seconds, 1)} | {name: round(rss_mb(process_tree(pid)), 1) for name, pid in pids.items()})
     # baseline after the first 10 s (allocator warm-up under the new load), and from the very start
     base = next((s for s in samples if s["t"] >= 10), samples[0])
@@ -453,6 +494,8 @@ def soak(
         "fraction": fraction,
         "connections": connections,
         "delay_ms": round(delay_ms, 3),
+        "calibration": calibration,
+        "achieved_fraction": round(result["rps"] / capacity, 3) if capacity else None,
         "result": result,
         "errors": result["non2xx"] + result["socket_errors"],
         "rss": growth,
@@ -479,8 +522,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"(median run shown; non-2xx summed over rounds). Ceiling mode: {report['config']['ceiling_mode']}. "
         "CPU columns: cores used by the path's processes, by wrk, and by everything else on the machine.",
         "",
-        "| path | conc. | req/s | (range) | p50 ms | p99 ms | non-2xx | socket err | CPU path | CPU wrk | CPU other |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| path | conc. | req/s | (range) | p50 ms | p99 ms | non-2xx | socket err | CPU path | CPU wrk | CPU other "
+        "| rows/call |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for key, runs in report["results"].items():
         for r in runs:
@@ -488,7 +532,8 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {key} {PATHS.get(key, '')} | {r['connections']} | {fmt(r['rps'], 0)} | "
                 f"{fmt(r.get('rps_min', r['rps']), 0)}-{fmt(r.get('rps_max', r['rps']), 0)} | {fmt(r['p50_ms'], 2)} | "
                 f"{fmt(r['p99_ms'], 2)} | {r['non2xx']} | {r['socket_errors']} | {fmt(r['cpu_servers'], 2)} | "
-                f"{fmt(r['cpu_wrk'], 2)} | {fmt(r['cpu_other'], 2)} |"
+                f"{fmt(r['cpu_wrk'], 2)} | {fmt(r['cpu_other'], 2)} | "
+                f"{fmt(r['rows_per_call'], 1) if r.get('rows_per_call') else ''} |"
             )
     lines += [
         "",
@@ -511,10 +556,14 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [
             "",
             f"Soak: {s['result']['seconds']:.0f} s of the full path at {fmt(r['rps'], 0)} req/s "
-            f"(target {fmt(s['target_rps'], 0)} = {s['fraction']:.0%} of {fmt(s['capacity_rps'], 0)}), "
+            f"(target {fmt(s['target_rps'], 0)} = {s['fraction']:.0%} of {fmt(s['capacity_rps'], 0)}; "
+            f"reached {s['achieved_fraction']:.0%} of capacity), "
             f"{s['connections']} connections: {s['errors']} errors "
             f"(non-2xx {r['non2xx']}, socket {r['socket_errors']}), "
-            f"p50 {fmt(r['p50_ms'], 2)} ms, p99 {fmt(r['p99_ms'], 2)} ms, CPU other {fmt(r['cpu_other'], 2)}.",
+            f"p50 {fmt(r['p50_ms'], 2)} ms (median segment), p99 {fmt(r['p99_ms'], 2)} ms (worst segment), "
+            f"CPU other {fmt(r['cpu_other'], 2)}; segments of 30 s: "
+            + ", ".join(f"{fmt(seg['rps'], 0)}" for seg in r["segments"])
+            + " req/s.",
             "",
             "| process | RSS start MB | after 10 s | end | growth (from 10 s) | growth (from start) |",
             "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -720,13 +769,21 @@ def main(argv: list[str] | None = None) -> int:
             for rnd in range(args.rounds):
                 for key in paths:
                     run_wrk(f"{urls[key]}/predict", script, conc, args.warmup, pids[key])
+                    gateway = key.startswith("c")
+                    before = _metric_values(urls[key]) if gateway else {}
                     result = run_wrk(f"{urls[key]}/predict", script, conc, args.seconds, pids[key])
+                    if gateway:  # how the gateway batched this run: the cost per request depends on it
+                        after = _metric_values(urls[key])
+                        calls = after["ct_gateway_batch_rows_count"] - before.get("ct_gateway_batch_rows_count", 0)
+                        rows = after["ct_gateway_batch_rows_sum"] - before.get("ct_gateway_batch_rows_sum", 0)
+                        result["rows_per_call"] = rows / calls if calls else None
                     runs[key][conc].append(result)
+                    per_call = f", {result['rows_per_call']:.1f} rows/call" if result.get("rows_per_call") else ""
                     log(
-                        f"{key:5} c={conc:<3} r{rnd} {result['rps']:7.0f} req/s  p50 {result['p50_ms']:7.2f} ms  "
+                        f"{key:6} c={conc:<3} r{rnd} {result['rps']:7.0f} req/s  p50 {result['p50_ms']:7.2f} ms  "
                         f"p99 {result['p99_ms']:7.2f} ms  non-2xx {result['non2xx']}  socket errors "
                         f"{result['socket_errors']}  (CPU: servers {result['cpu_servers']:.2f}, wrk "
-                        f"{result['cpu_wrk']:.2f}, other {result['cpu_other']:.2f})"
+                        f"{result['cpu_wrk']:.2f}, other {result['cpu_other']:.2f}{per_call})"
                     )
         report["runs"] = {key: {str(c): r for c, r in per.items()} for key, per in runs.items()}
         report["results"] = {key: [median_run(per[c]) for c in concurrency] for key, per in runs.items()}
@@ -747,13 +804,18 @@ def main(argv: list[str] | None = None) -> int:
                     }
                 )
         if args.soak_seconds > 0 and "c" in runs:
-            capacity = max(r["rps"] for r in report["results"]["c"])
-            log(f"soak: {args.soak_seconds:g} s at {args.soak_fraction:.0%} of {capacity:.0f} req/s")
+            best = max(report["results"]["c"], key=lambda r: r["rps"])
+            capacity = best["rps"]
+            log(
+                f"soak: {args.soak_seconds:g} s at {args.soak_fraction:.0%} of {capacity:.0f} req/s "
+                f"(measured at c={best['connections']})"
+            )
             report["soak"] = soak(
                 f"{urls['c']}/predict",
                 body,
                 workdir,
                 capacity,
+                best["connections"],
                 args.soak_fraction,
                 args.soak_seconds,
                 {"gateway": pids["c"][0], "model_server": pids["c"][1]},
