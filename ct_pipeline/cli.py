@@ -14,8 +14,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ct_pipeline.domain.spec import SpecError, discover_specs, find_spec, load_spec
 from ct_pipeline.settings import Settings, configure_environment
-from ct_pipeline.spec import SpecError, discover_specs, find_spec, load_spec
 
 app = typer.Typer(
     help="Continuous training: Airflow -> MLflow -> gate -> BentoML -> GitOps -> serving.", no_args_is_help=True
@@ -40,7 +40,7 @@ def _fail(message: str, code: int = 1) -> None:
 
 def _spec(settings: Settings, model: str):
     try:
-        return find_spec(settings.models_dir, model)
+        return find_spec(settings.paths.models_dir, model)
     except SpecError as exc:
         _fail(str(exc))
 
@@ -49,7 +49,7 @@ def _all_specs(settings: Settings, model: str | None = None):
     if model:
         return [_spec(settings, model)]
     try:
-        return [load_spec(p) for p in discover_specs(settings.models_dir)]
+        return [load_spec(p) for p in discover_specs(settings.paths.models_dir)]
     except SpecError as exc:
         _fail(str(exc))
 
@@ -70,9 +70,9 @@ def _parse_end(end: str | None) -> datetime:
 def validate() -> None:
     """Validate every model spec in the models directory."""
     settings = Settings()
-    paths = discover_specs(settings.models_dir)
+    paths = discover_specs(settings.paths.models_dir)
     if not paths:
-        _fail(f"no model specs (*.yaml) in {settings.models_dir}")
+        _fail(f"no model specs (*.yaml) in {settings.paths.models_dir}")
     bad = 0
     for path in paths:
         try:
@@ -112,7 +112,7 @@ def demo_data(
     from ct_pipeline.demo_data import generate_demo_dataset
 
     settings = Settings()
-    target = out or settings.data_root / "transactions"
+    target = out or settings.paths.data_root / "transactions"
     end_day = date.fromisoformat(end) if end else None
     rows = generate_demo_dataset(
         target, days=days, end=end_day, rows_per_day=rows_per_day, drift_days=drift_days or None, seed=seed
@@ -382,7 +382,7 @@ def predict(
         body = {"rows": json.loads(payload)}
     except json.JSONDecodeError as exc:
         _fail(f"rows are not valid JSON: {exc}")
-    base = url or f"http://{settings.bind_host}:{settings.gateway_port}"
+    base = url or f"http://{settings.serving.bind_host}:{settings.serving.gateway_port}"
     response = httpx.post(f"{base}/predict", json=body, timeout=30)
     print(json.dumps(response.json(), indent=2))
     if response.status_code >= 400:

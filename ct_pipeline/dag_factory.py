@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ct_pipeline.spec import ModelSpec, discover_specs, load_spec
+from ct_pipeline.domain.spec import ModelSpec, discover_specs, load_spec
 
 DAG_PREFIX = "ct_"
 
@@ -78,16 +78,16 @@ def build_dag(spec_path: Path):
 
         @task
         def train(snapshot: dict) -> dict:
+            from ct_pipeline.domain.records import WindowSnapshot
             from ct_pipeline.pipeline import step_train
-            from ct_pipeline.records import WindowSnapshot
 
             spec, settings = context_objects()
             return step_train(spec, settings, WindowSnapshot.model_validate(snapshot)).to_json_dict()
 
         @task
         def gate(trained: dict) -> dict:
+            from ct_pipeline.domain.records import TrainResult
             from ct_pipeline.pipeline import step_gate
-            from ct_pipeline.records import TrainResult
 
             params = get_current_context()["params"]
             spec, settings = context_objects()
@@ -109,16 +109,16 @@ def build_dag(spec_path: Path):
 
         @task
         def package(decision: dict) -> dict:
+            from ct_pipeline.domain.records import GateDecision
             from ct_pipeline.pipeline import step_package
-            from ct_pipeline.records import GateDecision
 
             spec, settings = context_objects()
             return step_package(spec, settings, GateDecision.model_validate(decision)).to_json_dict()
 
         @task
         def promote(decision: dict, bento: dict) -> dict:
+            from ct_pipeline.domain.records import BentoRef, GateDecision
             from ct_pipeline.pipeline import step_promote
-            from ct_pipeline.records import BentoRef, GateDecision
 
             spec, settings = context_objects()
             record = step_promote(spec, settings, GateDecision.model_validate(decision), BentoRef.model_validate(bento))

@@ -13,13 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ct_pipeline.records import WindowSnapshot
+from ct_pipeline.domain.records import WindowSnapshot
+from ct_pipeline.domain.spec import CsvSource, ModelSpec, ParquetSource, SqlSource, parse_window
+from ct_pipeline.errors import DataError
 from ct_pipeline.settings import Settings
-from ct_pipeline.spec import CsvSource, ModelSpec, ParquetSource, SqlSource, parse_window
-
-
-class DataWindowError(ValueError):
-    """The window cannot be pulled: missing source or column, or no rows."""
 
 
 def _utc(ts: datetime) -> datetime:
@@ -28,7 +25,7 @@ def _utc(ts: datetime) -> datetime:
 
 def _resolve(path: str, settings: Settings) -> Path:
     p = Path(os.path.expandvars(path)).expanduser()
-    return p if p.is_absolute() else settings.data_root / p
+    return p if p.is_absolute() else settings.paths.data_root / p
 
 
 def _required_columns(spec: ModelSpec) -> list[str]:
@@ -42,7 +39,7 @@ def _required_columns(spec: ModelSpec) -> list[str]:
 def _check_columns(available: list[str], spec: ModelSpec, where: str) -> None:
     missing = [c for c in _required_columns(spec) if c not in available]
     if missing:
-        raise DataWindowError(f"{spec.name}: column(s) {missing} not found in {where}; available: {sorted(available)}")
+        raise DataError(f"{spec.name}: column(s) {missing} not found in {where}; available: {sorted(available)}")
 
 
 def _read_parquet(source: ParquetSource, spec: ModelSpec, start: datetime, end: datetime, settings: Settings):
@@ -51,12 +48,12 @@ def _read_parquet(source: ParquetSource, spec: ModelSpec, start: datetime, end: 
 
     root = _resolve(source.path, settings)
     if not root.exists():
-        raise DataWindowError(f"{spec.name}: parquet source {root} does not exist")
+        raise DataError(f"{spec.name}: parquet source {root} does not exist")
     dataset = ds.dataset(root, format="parquet", partitioning="hive")
     _check_columns(dataset.schema.names, spec, f"parquet source {root}")
     time_type = dataset.schema.field(spec.data.time_column).type
     if not pa.types.is_timestamp(time_type):
-        raise DataWindowError(f"{spec.name}: time column {spec.data.time_column!r} is {time_type}, not a timestamp")
+        raise DataError(f"{spec.name}: time column {spec.data.time_column!r} is {time_type}, not a timestamp")
 
     def bound(ts: datetime):
         ts = _utc(ts) if time_type.tz else _utc(ts).replace(tzinfo=None)
@@ -74,7 +71,7 @@ def _read_parquet(source: ParquetSource, spec: ModelSpec, start: datetime, end: 
 def _read_csv(source: CsvSource, spec: ModelSpec, start: datetime, end: datetime, settings: Settings):
     path = _resolve(source.path, settings)
     if not path.exists():
-        raise DataWindowError(f"{spec.name}: csv source {path} does not exist")
+        raise DataError(f"{spec.name}: csv source {path} does not exist")
     header = pd.read_csv(path, nrows=0).columns.tolist()
     _check_columns(header, spec, f"csv source {path}")
     df = pd.read_csv(path, usecols=_required_columns(spec))
@@ -91,7 +88,7 @@ def _read_sql(source: SqlSource, spec: ModelSpec, start: datetime, end: datetime
         with engine.connect() as conn:
             df = pd.read_sql(sa.text(source.query), conn, params={"start": start, "end": end})
     except sa.exc.SQLAlchemyError as exc:
-        raise DataWindowError(f"{spec.name}: sql source query failed: {exc.__class__.__name__}: {exc}") from None
+        raise DataError(f"{spec.name}: sql source query failed: {exc.__class__.__name__}: {exc}") from None
     finally:
         engine.dispose()
     _check_columns(df.columns.tolist(), spec, "the sql query's result")
@@ -133,20 +130,20 @@ def pull_window(spec: ModelSpec, end: datetime, settings: Settings, window: str 
     readers = {"parquet": _read_parquet, "csv": _read_csv, "sql": _read_sql}
     df, source_uri = readers[spec.data.source.kind](spec.data.source, spec, start, end, settings)
     if df.empty:
-        raise DataWindowError(
+        raise DataError(
             f"{spec.name}: empty data window: no rows with {spec.data.time_column} in "
             f"[{start.isoformat()}, {end.isoformat()}) in {source_uri}"
         )
     df = df.sort_values(spec.data.time_column, kind="mergesort").reset_index(drop=True)
     null_targets = int(df[spec.data.target].isna().sum())
     if null_targets:
-        raise DataWindowError(f"{spec.name}: {null_targets} row(s) in the window have no target {spec.data.target!r}")
+        raise DataError(f"{spec.name}: {null_targets} row(s) in the window have no target {spec.data.target!r}")
     for column in spec.data.features:
         if not pd.api.types.is_numeric_dtype(df[column]) and not pd.api.types.is_bool_dtype(df[column]):
-            raise DataWindowError(f"{spec.name}: feature {column!r} is {df[column].dtype}, expected numeric")
+            raise DataError(f"{spec.name}: feature {column!r} is {df[column].dtype}, expected numeric")
     df = _canonical_types(df, spec)
     digest = content_hash(df)
-    out_dir = settings.snapshots_dir / spec.name
+    out_dir = settings.paths.snapshots_dir / spec.name
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{digest.split(':')[1][:20]}.parquet"
     if not path.exists():
@@ -170,7 +167,7 @@ def pull_window(spec: ModelSpec, end: datetime, settings: Settings, window: str 
 def load_snapshot(snapshot: WindowSnapshot) -> pd.DataFrame:
     path = Path(snapshot.path)
     if not path.exists():
-        raise DataWindowError(f"{snapshot.model}: snapshot {path} is gone; pull the window again")
+        raise DataError(f"{snapshot.model}: snapshot {path} is gone; pull the window again")
     return pd.read_parquet(path)
 
 
@@ -179,7 +176,7 @@ def split_holdout(df: pd.DataFrame, time_column: str, fraction: float) -> tuple[
     df = df.sort_values(time_column, kind="mergesort").reset_index(drop=True)
     cut = int(round(len(df) * (1 - fraction)))
     if cut < 1 or cut >= len(df):
-        raise DataWindowError(f"window of {len(df)} rows is too small to split off a {fraction:.0%} holdout")
+        raise DataError(f"window of {len(df)} rows is too small to split off a {fraction:.0%} holdout")
     return df.iloc[:cut], df.iloc[cut:]
 
 

@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
-from ct_pipeline.metrics import metric, scores_from_prediction, weighted_metric
-from ct_pipeline.records import GateCheck, GateDecision, ModelRef, SliceResult, TrainResult
+from ct_pipeline.domain.metrics import metric, scores_from_prediction, weighted_metric
+from ct_pipeline.domain.records import GateCheck, GateDecision, ModelRef, SliceResult, TrainResult
+from ct_pipeline.domain.spec import GateSpec, ModelSpec, TaskType
 from ct_pipeline.registry import CHALLENGER, CHAMPION, FINGERPRINT, ROLLED_BACK, ModelRegistry, RegistryError
-from ct_pipeline.spec import GateSpec, ModelSpec, TaskType
 
 BOOTSTRAP_CHUNK = 50  # resamples per vectorised block: bounds memory at 50 x rows floats
 

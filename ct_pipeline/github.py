@@ -46,6 +46,9 @@ from urllib.parse import urlsplit
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ct_pipeline.domain.manifest import ManifestError, read_deployed
+from ct_pipeline.domain.records import PromotionRecord
+from ct_pipeline.errors import RevertPendingError
 from ct_pipeline.gitops import (
     BRANCH_PREFIX,
     GitOpsError,
@@ -66,15 +69,13 @@ from ct_pipeline.gitops import (
     resolve_remote,
     revert_message,
 )
-from ct_pipeline.manifest import ManifestError, read_deployed
-from ct_pipeline.records import PromotionRecord
 
 if TYPE_CHECKING:
     from github.PullRequest import PullRequest
     from github.Repository import Repository
 
+    from ct_pipeline.domain.spec import ModelSpec
     from ct_pipeline.settings import Settings
-    from ct_pipeline.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +87,6 @@ _MERGE_BRANCH_RE = re.compile(r"(?:from [^/\s]+/|Merge branch ')(" + re.escape(B
 _NAME = r"[A-Za-z0-9_.-]+"
 
 
-class RevertPendingError(GitOpsError):
-    """The revert pull request is open but could not be merged (e.g. reviews required); ``url`` names it."""
-
-    def __init__(self, message: str, url: str | None, commit: str):
-        super().__init__(message)
-        self.url, self.commit = url, commit
 
 
 class GitHubSettings(BaseSettings):
@@ -309,8 +304,8 @@ class GitHubPublisher:
             base,
             api_url=cfg.api_url or api_url_for(host),
             settings=cfg,
-            author_name=settings.git_author_name,
-            author_email=settings.git_author_email,
+            author_name=settings.gitops.author_name,
+            author_email=settings.gitops.author_email,
         )
 
     # -- plumbing

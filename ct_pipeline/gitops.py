@@ -30,12 +30,20 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
-from ct_pipeline.manifest import ManifestError, read_deployed, render_initial_values
-from ct_pipeline.records import DeployedModel, PromotionRecord
+from ct_pipeline.domain.manifest import ManifestError, read_deployed, render_initial_values
+from ct_pipeline.domain.records import DeployedModel, PromotionRecord
+from ct_pipeline.errors import (
+    GitOpsError,
+    MergeConflictError,
+    NothingToRevertError,
+    PromotionNotFoundError,
+    PushRejectedError,
+    RemoteError,
+)
 
 if TYPE_CHECKING:
+    from ct_pipeline.domain.spec import ModelSpec
     from ct_pipeline.settings import Settings
-    from ct_pipeline.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -51,28 +59,16 @@ _REVERTS_RE = re.compile(r"This reverts commit ([0-9a-f]{40})")
 _GIT_TIMEOUT = 300
 
 
-class GitOpsError(RuntimeError):
-    """A GitOps operation that could not be done; the remote is left as it was."""
 
 
-class RemoteError(GitOpsError):
-    """The remote cannot be read (missing, not a git repository, unreachable) or lacks the base branch."""
 
 
-class PushRejectedError(GitOpsError):
-    """The remote refused the push (a hook, a protected branch, or someone else pushed first)."""
 
 
-class PromotionNotFoundError(GitOpsError, LookupError):
-    """No promotion with that id exists on the remote."""
 
 
-class MergeConflictError(GitOpsError):
-    """The promotion does not merge cleanly into the base branch (which is left untouched)."""
 
 
-class NothingToRevertError(GitOpsError):
-    """No promotion merge of that model/environment on the base branch is left to revert."""
 
 
 # --------------------------------------------------------------------------------------------- naming
@@ -424,7 +420,7 @@ class LocalGitPublisher:
     @classmethod
     def from_settings(cls, settings: Settings, spec: ModelSpec | None = None) -> LocalGitPublisher:
         remote, base = resolve_remote(settings, spec)
-        return cls(remote, base, author_name=settings.git_author_name, author_email=settings.git_author_email)
+        return cls(remote, base, author_name=settings.gitops.author_name, author_email=settings.gitops.author_email)
 
     # -- plumbing
 
@@ -772,7 +768,7 @@ def resolve_remote(settings: Settings, spec: ModelSpec | None = None) -> tuple[s
     """(remote url, base branch) for ``spec``: the spec's gitops.remote / base_branch when set explicitly,
     else CTPIPE_GITOPS_REMOTE (default HOME/gitops.git) / CTPIPE_GITOPS_BRANCH."""
     remote = (spec.gitops.remote if spec is not None else None) or settings.gitops_remote_url
-    base = settings.gitops_branch
+    base = settings.gitops.branch
     if spec is not None and "base_branch" in spec.gitops.model_fields_set:
         base = spec.gitops.base_branch
     return remote, base
@@ -835,7 +831,7 @@ def init_local_remote(
     if explicit_seed and not seed.is_dir():
         raise GitOpsError(f"GitOps seed directory {seed} does not exist")
 
-    publisher = LocalGitPublisher(remote, base, settings.git_author_name, settings.git_author_email)
+    publisher = LocalGitPublisher(remote, base, settings.gitops.author_name, settings.gitops.author_email)
     if _is_local(remote):
         path = _local_path(remote)
         if not path.exists() or (path.is_dir() and not any(path.iterdir())):

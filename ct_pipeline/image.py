@@ -2,18 +2,18 @@
 
 ``build_and_push(bento, settings) -> BentoRef`` returns the BentoRef with ``image_repository``,
 ``image_tag`` (human: ``<model>-v<version>``) and ``image_digest`` (read back from the registry), which
-:func:`ct_pipeline.manifest.bump` writes into the GitOps values file; the chart deploys ``repository@digest``.
+:func:`ct_pipeline.domain.manifest.bump` writes into the GitOps values file; the chart deploys ``repository@digest``.
 
 - Build context and Dockerfile are BentoML's: the Bento directory with its models, and the Dockerfile BentoML
   generated into the Bento (``env/docker/Dockerfile``, what ``bentoml containerize`` builds). Only its first
-  ``FROM`` is pointed at ``settings.image_base`` (a locally built image: nothing is pulled). The image runs as
+  ``FROM`` is pointed at ``settings.image.base`` (a locally built image: nothing is pulled). The image runs as
   BentoML's non-root user ``bentoml`` (uid 1034) and serves ``/livez`` + ``/readyz`` (the chart's probes).
 - Engines (:class:`ImageBuilder`): the Docker API through the ``docker`` SDK (a Docker daemon, or podman's
   Docker-compatible socket), or the ``podman`` / ``buildah`` CLIs (BentoML's containerize backends). Chosen by
-  ``settings.image_engine``; ``auto`` takes the first that works, and every "not available" names what is missing.
+  ``settings.image.engine``; ``auto`` takes the first that works, and every "not available" names what is missing.
 - OCI labels (and, for OCI-format builds of podman/buildah, the same as manifest annotations): source repo, git
   revision, model name, version, MLflow run id, data hash, Bento tag. The Docker API builds the docker format;
-  ``settings.image_format="docker"`` makes podman/buildah do the same (and share one layer cache with it).
+  ``settings.image.format="docker"`` makes podman/buildah do the same (and share one layer cache with it).
 - Idempotent: when the registry already holds ``<model>-v<version>`` built from the same model version and
   MLflow run, it is reused (same digest, no build); a local image with those labels is pushed without a rebuild.
 - A failed build or push raises :class:`ImageError`, so the promotion (the manifest change) never happens.
@@ -34,7 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from ct_pipeline.records import BentoRef
+from ct_pipeline.domain.records import BentoRef
+from ct_pipeline.errors import EngineUnavailable, ImageError
 from ct_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -61,12 +62,8 @@ _REPO_BAD = re.compile(r"[^a-z0-9._/-]+")
 _FROM = re.compile(r"^(FROM\s+(?:--\S+\s+)*)(\S+)", re.MULTILINE | re.IGNORECASE)
 
 
-class ImageError(RuntimeError):
-    """The image could not be built, pushed or pinned; the message says which step and why."""
 
 
-class EngineUnavailable(ImageError):
-    """No (or not the configured) container engine works here; the message names what is missing."""
 
 
 # --------------------------------------------------------------------------------------------- names + labels
@@ -74,12 +71,12 @@ class EngineUnavailable(ImageError):
 
 def image_repository(settings: Settings, model: str) -> str:
     """``<registry>/<prefix>/<model>`` (lowercase, as registries require)."""
-    parts = [settings.image_registry.strip("/"), settings.image_repository_prefix.strip("/"), model]
+    parts = [settings.image.registry.strip("/"), settings.image.repository_prefix.strip("/"), model]
     repo = "/".join(p for p in parts if p)
     host, _, path = repo.partition("/")
     path = _REPO_BAD.sub("-", path.lower())
     if not path:
-        raise ImageError(f"cannot derive an image repository from registry {settings.image_registry!r}")
+        raise ImageError(f"cannot derive an image repository from registry {settings.image.registry!r}")
     return f"{host}/{path}"
 
 
@@ -99,7 +96,7 @@ def _git(*args: str) -> str | None:
 
 def source_repository(settings: Settings) -> str:
     """Where the code in the image comes from: settings, else the checkout's ``origin``, else the checkout."""
-    return settings.image_source or _git("remote", "get-url", "origin") or REPO_ROOT.as_uri()
+    return settings.image.source or _git("remote", "get-url", "origin") or REPO_ROOT.as_uri()
 
 
 def image_labels(bento: BentoRef, settings: Settings) -> dict[str, str]:
@@ -120,8 +117,8 @@ def image_labels(bento: BentoRef, settings: Settings) -> dict[str, str]:
         f"{CT}.bento-tag": bento.bento_tag,
         f"{CT}.bento-model-tag": bento.bento_model_tag,
     }
-    if settings.image_base:
-        labels[f"{OCI}.base.name"] = settings.image_base
+    if settings.image.base:
+        labels[f"{OCI}.base.name"] = settings.image.base
     return labels
 
 
@@ -145,7 +142,7 @@ def _bento_home(settings: Settings) -> Path:
 def prepare_context(bento: BentoRef, settings: Settings, dest: Path) -> str:
     """Lay out the build context of ``bento`` in ``dest`` (as ``bentoml containerize`` does) and return the
     Dockerfile's path relative to it: the Bento, its models under ``models/``, BentoML's generated Dockerfile
-    with the first FROM pointed at ``settings.image_base``. Reads the store's files, not BentoML's API, so it
+    with the first FROM pointed at ``settings.image.base``. Reads the store's files, not BentoML's API, so it
     works whichever store this process's bentoml is bound to."""
     from ruamel.yaml import YAML
 
@@ -169,8 +166,8 @@ def prepare_context(bento: BentoRef, settings: Settings, dest: Path) -> str:
     dockerfile = dest / "env" / "docker" / "Dockerfile"
     if not dockerfile.is_file():
         raise ImageError(f"bento {bento.bento_tag} has no env/docker/Dockerfile (BentoML builds one)")
-    if settings.image_base:
-        text, n = _FROM.subn(lambda m: m.group(1) + settings.image_base, dockerfile.read_text(), count=1)
+    if settings.image.base:
+        text, n = _FROM.subn(lambda m: m.group(1) + settings.image.base, dockerfile.read_text(), count=1)
         if n != 1:
             raise ImageError(f"no FROM line in the Dockerfile of bento {bento.bento_tag}")
         dockerfile.write_text(text)
@@ -452,7 +449,7 @@ class Probe:
 
 def docker_endpoints(settings: Settings) -> list[str]:
     """Docker API endpoints to try, in order: settings, DOCKER_HOST, the podman socket, the default socket."""
-    found = [settings.docker_host, os.environ.get("DOCKER_HOST")]
+    found = [settings.image.docker_host, os.environ.get("DOCKER_HOST")]
     if settings.podman_socket_path.exists():
         found.append(f"unix://{settings.podman_socket_path}")
     if Path("/var/run/docker.sock").exists():
@@ -481,15 +478,15 @@ def probe_docker(settings: Settings) -> Probe:
         except Exception as exc:  # any failure means "not this endpoint"
             problems.append(f"{endpoint}: {type(exc).__name__}: {str(exc)[:160]}")
             continue
-        if settings.image_base:
+        if settings.image.base:
             try:
-                client.images.get(settings.image_base)
+                client.images.get(settings.image.base)
             except docker.errors.ImageNotFound:
-                problems.append(f"{endpoint}: base image {settings.image_base} is missing")
+                problems.append(f"{endpoint}: base image {settings.image.base} is missing")
                 client.close()
                 continue
         client.close()
-        engine = DockerEngine(endpoint, network=settings.image_network, timeout=settings.image_build_timeout)
+        engine = DockerEngine(endpoint, network=settings.image.network, timeout=settings.image.build_timeout)
         return Probe("docker", engine, endpoint)
     return Probe("docker", None, "; ".join(problems))
 
@@ -497,14 +494,14 @@ def probe_docker(settings: Settings) -> Probe:
 def _probe_cli(cls: type[_CliEngine], settings: Settings, exists_args: list[str]) -> Probe:
     try:
         engine = cls(
-            network=settings.image_network, timeout=settings.image_build_timeout, image_format=settings.image_format
+            network=settings.image.network, timeout=settings.image.build_timeout, image_format=settings.image.format
         )
     except EngineUnavailable as exc:
         return Probe(cls.name, None, str(exc))
-    if settings.image_base:
-        proc = engine._run(*exists_args, settings.image_base, what="image check", check=False)
+    if settings.image.base:
+        proc = engine._run(*exists_args, settings.image.base, what="image check", check=False)
         if proc.returncode != 0:
-            return Probe(cls.name, None, f"base image {settings.image_base} is missing in {cls.binary}'s storage")
+            return Probe(cls.name, None, f"base image {settings.image.base} is missing in {cls.binary}'s storage")
     else:
         proc = engine._run("info", what="info", check=False)
         if proc.returncode != 0:
@@ -523,9 +520,9 @@ def probe(settings: Settings, name: str) -> Probe:
 
 
 def select_engine(settings: Settings) -> ImageBuilder:
-    """The engine ``settings.image_engine`` names (or, for ``auto``, the first that works); raises
+    """The engine ``settings.image.engine`` names (or, for ``auto``, the first that works); raises
     :class:`EngineUnavailable` naming what is missing."""
-    mode = settings.image_engine
+    mode = settings.image.engine
     if mode == "none":
         raise EngineUnavailable("CTPIPE_IMAGE_ENGINE=none: image builds are switched off")
     names = ["docker", "podman", "buildah"] if mode == "auto" else [mode]
@@ -551,7 +548,7 @@ def build_and_push(bento: BentoRef, settings: Settings, engine: ImageBuilder | N
     ``bento`` with ``image_repository`` / ``image_tag`` / ``image_digest``. Raises :class:`ImageError`."""
     repository, tag = image_repository(settings, bento.model), image_tag(bento)
     ref = f"{repository}:{tag}"
-    registry = Registry(settings.image_registry, settings.image_registry_insecure)
+    registry = Registry(settings.image.registry, settings.image.registry_insecure)
     try:
         registry.check()  # fail before a long build when the push could not happen anyway
         existing = registry.labels(repository, tag)
@@ -600,13 +597,13 @@ def package_image(bento: BentoRef, settings: Settings) -> BentoRef:
     """The package step's image part: ``none`` -> the Bento only; ``auto`` without a usable engine -> the
     Bento only, with a warning saying what is missing; otherwise :func:`build_and_push` (errors propagate, so
     a failed build or push stops the run before the promotion)."""
-    if settings.image_engine == "none":
+    if settings.image.engine == "none":
         log.info("CTPIPE_IMAGE_ENGINE=none: packaging the Bento only")
         return bento
     try:
         engine = select_engine(settings)
     except EngineUnavailable as exc:
-        if settings.image_engine != "auto":
+        if settings.image.engine != "auto":
             raise
         log.warning("%s -> packaging the Bento only (no image)", exc)
         return bento

@@ -21,9 +21,10 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-from ct_pipeline.records import BentoRef, GateDecision
+from ct_pipeline.domain.records import BentoRef, GateDecision
+from ct_pipeline.domain.spec import ModelSpec
+from ct_pipeline.errors import PackageError
 from ct_pipeline.settings import Settings, configure_environment
-from ct_pipeline.spec import ModelSpec
 
 # serving/ is a deployable of its own, next to the package in the repo (CTPIPE_SERVING_DIR overrides).
 SERVING_DIR = Path(os.environ.get("CTPIPE_SERVING_DIR") or Path(__file__).resolve().parents[1] / "serving")
@@ -45,8 +46,6 @@ _TAG_BAD_CHARS = re.compile(r"[^a-z0-9_.-]+")
 _MLFLOW_TYPES = {"double", "float", "long", "integer", "boolean", "string"}
 
 
-class PackageError(RuntimeError):
-    """The model version cannot be packaged; the message says which one and why."""
 
 
 def sanitize_label(value: Any) -> str:
@@ -181,7 +180,7 @@ def _import_bento_model(spec: ModelSpec, version: str, run_id: str, data_hash: s
 
 def bento_home(settings: Settings) -> Path:
     """The bento store in use: an explicit BENTOML_HOME wins over the settings (as in configure_environment)."""
-    return Path(os.environ.get("BENTOML_HOME") or settings.bento_home).expanduser().resolve()
+    return Path(os.environ.get("BENTOML_HOME") or settings.paths.bento_home).expanduser().resolve()
 
 
 def _bound_bento_home() -> Path | None:
@@ -298,7 +297,7 @@ def _build(spec: ModelSpec, decision: GateDecision, settings: Settings) -> Bento
 
 def _main() -> None:
     """``python -m ct_pipeline.package`` < {"spec", "decision", "settings"} JSON: build, print the BentoRef."""
-    from ct_pipeline.spec import parse_spec
+    from ct_pipeline.domain.spec import parse_spec
 
     data = json.loads(sys.stdin.read())
     settings = Settings(**data["settings"])

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime
 
-from ct_pipeline.records import (
+from ct_pipeline.domain.records import (
     BentoRef,
     GateDecision,
     PromotionRecord,
@@ -17,8 +17,8 @@ from ct_pipeline.records import (
     TrainResult,
     WindowSnapshot,
 )
+from ct_pipeline.domain.spec import ModelSpec
 from ct_pipeline.settings import Settings, configure_environment
-from ct_pipeline.spec import ModelSpec
 
 STEPS = ("sync", "pull", "train", "gate", "package", "promote")
 
@@ -38,7 +38,7 @@ def registry_for(settings: Settings):
 
 def production_history(publisher, spec: ModelSpec, limit: int = 40):
     """Which version the base branch deployed when, and which promotions were reverted, read from Git."""
-    from ct_pipeline.manifest import read_deployed
+    from ct_pipeline.domain.manifest import read_deployed
     from ct_pipeline.registry import ProductionPeriod
 
     events = [e for e in publisher.history(spec.name) if e.environment == spec.gitops.environment][:limit]

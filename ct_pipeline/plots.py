@@ -6,8 +6,8 @@ import io
 
 import numpy as np
 
-from ct_pipeline.records import GateDecision
-from ct_pipeline.spec import ModelSpec, TaskType
+from ct_pipeline.domain.records import GateDecision
+from ct_pipeline.domain.spec import ModelSpec, TaskType
 
 
 def _png(fig) -> bytes:

@@ -8,6 +8,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ct_pipeline.domain.manifest import bump, changed_values, read_deployed, render_initial_values
+from ct_pipeline.domain.records import BentoRef, DeployedModel, GateDecision, PromotionRecord
+from ct_pipeline.domain.spec import ModelSpec
+from ct_pipeline.errors import AlreadyDeployedError, PromotionError, PromotionRefusedError
 from ct_pipeline.gitops import (
     GitPublisher,
     body_path,
@@ -17,24 +21,15 @@ from ct_pipeline.gitops import (
     promotion_id,
     record_path,
 )
-from ct_pipeline.manifest import bump, changed_values, read_deployed, render_initial_values
-from ct_pipeline.records import BentoRef, DeployedModel, GateDecision, PromotionRecord
 from ct_pipeline.settings import Settings
-from ct_pipeline.spec import ModelSpec
 
 _MAX_ATTEMPTS = 3
 
 
-class PromotionError(RuntimeError):
-    """A promotion that cannot be proposed."""
 
 
-class PromotionRefusedError(PromotionError):
-    """The gate decided not to promote."""
 
 
-class AlreadyDeployedError(PromotionError):
-    """The base branch already deploys exactly this Bento."""
 
 
 def promotion_title(spec: ModelSpec, version: str) -> str:

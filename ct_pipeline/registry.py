@@ -10,14 +10,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from ct_pipeline.records import DeployedModel, ModelRef
+from ct_pipeline.domain.records import DeployedModel, ModelRef
+from ct_pipeline.errors import RegistryError
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 
 
-class RegistryError(RuntimeError):
-    pass
 
 
 class ModelRegistry(Protocol):

@@ -30,7 +30,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ct_pipeline.records import DeployedModel
+from ct_pipeline.domain.records import DeployedModel
+from ct_pipeline.errors import RolloutError
 from ct_pipeline.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -44,8 +45,6 @@ STOP_GRACE = 0.5  # after the gateway drained, before SIGTERM to the old model s
 STOP_TIMEOUT = 30.0  # SIGTERM -> SIGKILL
 
 
-class RolloutError(RuntimeError):
-    """The desired state cannot be served; the message names the model/version/bento and why."""
 
 
 class ProcessInfo(BaseModel):
@@ -266,7 +265,7 @@ def _http_ok(url: str, timeout: float = 2.0) -> bool:
 
 def bento_store_home(settings: Settings) -> Path:
     """An explicit BENTOML_HOME wins over the settings, as in configure_environment."""
-    return Path(os.environ.get("BENTOML_HOME") or settings.bento_home).expanduser().resolve()
+    return Path(os.environ.get("BENTOML_HOME") or settings.paths.bento_home).expanduser().resolve()
 
 
 def _bento_dir(settings: Settings, tag: str) -> Path | None:
@@ -334,10 +333,10 @@ class LocalRuntime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.dir = settings.runtime_dir
+        self.dir = settings.paths.runtime_dir
         self.logs = self.dir / "logs"
         self.state_path = self.dir / "state.json"
-        self.host = settings.bind_host
+        self.host = settings.serving.bind_host
 
     # -- state ---------------------------------------------------------------------------------------------
 
@@ -411,7 +410,7 @@ class LocalRuntime:
 
     def _start_model_server(self, desired: DeployedModel, bento_tag: str, taken: set[int]) -> ProcessInfo:
         # never the gateway port: that one is reserved for the first gateway
-        port = free_port(self.host, self.settings.model_server_base_port, taken | {self.settings.gateway_port})
+        port = free_port(self.host, self.settings.serving.model_server_base_port, taken | {self.settings.serving.gateway_port})
         log = self.logs / f"{desired.model}-model-server-{port}.log"
         env = {
             # The model service's own defaults (BentoML adaptive batching on, CT_* settings) unless the
@@ -445,14 +444,14 @@ class LocalRuntime:
 
     def _start_gateway(self, model: str, upstream: str, token: str, taken: set[int], port: int | None) -> ProcessInfo:
         """Start a gateway on ``port`` (default: the configured gateway port, unless another model's has it)."""
-        port = port or self.settings.gateway_port
+        port = port or self.settings.serving.gateway_port
         if port in taken or not _port_free(self.host, port):
-            if port == self.settings.gateway_port and port not in taken:
+            if port == self.settings.serving.gateway_port and port not in taken:
                 # the first gateway is where users (and `ctpipe predict`) expect it: do not move it silently
                 raise RolloutError(
                     f"gateway port {self.host}:{port} is in use by another process (stop it or set CTPIPE_GATEWAY_PORT)"
                 )
-            port = free_port(self.host, self.settings.gateway_port, taken)
+            port = free_port(self.host, self.settings.serving.gateway_port, taken)
         log = self.logs / f"{model}-gateway-{port}.log"
         env = {
             # prediction log (Parquet by hour, model= partitions) next to the other runtime state

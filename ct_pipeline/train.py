@@ -14,9 +14,8 @@ from typing import Any
 import pandas as pd
 
 from ct_pipeline.data_window import load_snapshot, split_holdout
-from ct_pipeline.records import CandidateResult, TrainResult, WindowSnapshot
-from ct_pipeline.settings import Settings
-from ct_pipeline.spec import (
+from ct_pipeline.domain.records import CandidateResult, TrainResult, WindowSnapshot
+from ct_pipeline.domain.spec import (
     Candidate,
     FunctionCandidate,
     LightGBMCandidate,
@@ -24,10 +23,8 @@ from ct_pipeline.spec import (
     SklearnCandidate,
     TaskType,
 )
-
-
-class TrainingError(RuntimeError):
-    pass
+from ct_pipeline.errors import TrainingError
+from ct_pipeline.settings import Settings
 
 
 def code_version() -> str | None:
@@ -129,7 +126,7 @@ def trusted_types(model: Any) -> list[str]:
 
 
 def predict_scores(model: Any, X: pd.DataFrame, task: TaskType):
-    from ct_pipeline.metrics import scores_from_prediction
+    from ct_pipeline.domain.metrics import scores_from_prediction
 
     return scores_from_prediction(
         model.predict_proba(X) if task == TaskType.binary_classification else model.predict(X)
@@ -162,7 +159,7 @@ def train_candidates(spec: ModelSpec, snapshot: WindowSnapshot, settings: Settin
     import mlflow
     from mlflow.models import infer_signature
 
-    from ct_pipeline.metrics import all_metrics
+    from ct_pipeline.domain.metrics import all_metrics
 
     train_df, holdout_df = load_split(spec, snapshot)
     if spec.task == TaskType.binary_classification:

@@ -143,9 +143,9 @@ def build_model(home: Path):
     from mlflow.models import infer_signature
 
     from ct_pipeline.package import build_bento
-    from ct_pipeline.records import GateDecision, ModelRef, WindowSnapshot
+    from ct_pipeline.domain.records import GateDecision, ModelRef, WindowSnapshot
     from ct_pipeline.settings import Settings
-    from ct_pipeline.spec import parse_spec
+    from ct_pipeline.domain.spec import parse_spec
     from ct_pipeline.train import trusted_types
 
     features = [f"f{i:02d}" for i in range(N_FEATURES)]
@@ -211,7 +211,7 @@ def build_model(home: Path):
 
 def prepare_model(home: Path):
     """build_model, or reuse the one a previous run left in ``home`` (with --workdir)."""
-    from ct_pipeline.records import BentoRef
+    from ct_pipeline.domain.records import BentoRef
     from ct_pipeline.settings import Settings
 
     saved = home / "bench-model.json"
@@ -618,7 +618,7 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def start_servers(paths, args, settings, ref, servers: Servers) -> tuple[dict, dict, list]:
     """Start every server the paths need; returns (urls, pids per path, LocalRuntimes to stop)."""
-    from ct_pipeline.records import DeployedModel
+    from ct_pipeline.domain.records import DeployedModel
     from ct_pipeline.rollout import LocalRuntime
     from ct_pipeline.settings import Settings
 
@@ -655,11 +655,11 @@ def start_servers(paths, args, settings, ref, servers: Servers) -> tuple[dict, d
             continue
         # the exact processes `ctpipe reconcile` starts (c-boff: with BentoML's adaptive batching off)
         log(f"{key}: model server + gateway started by ct_pipeline.rollout.LocalRuntime")
-        home = settings.home_dir if key == "c" else settings.home_dir.with_name(settings.home_dir.name + "-" + key)
+        home = settings.paths.home_dir if key == "c" else settings.paths.home_dir.with_name(settings.paths.home_dir.name + "-" + key)
         runtime = LocalRuntime(
             Settings(
                 home=home,
-                bentoml_home=settings.bento_home,
+                bentoml_home=settings.paths.bento_home,
                 gateway_port=free_port(),
                 model_server_base_port=free_port(),
             )  # fmt: skip

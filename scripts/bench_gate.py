@@ -22,7 +22,7 @@ import numpy as np
 from scipy.stats import norm
 
 from ct_pipeline.gate import decide, paired_bootstrap
-from ct_pipeline.spec import GateSpec
+from ct_pipeline.domain.spec import GateSpec
 
 
 def holdout(seed: int, rows: int, prevalence: float, auc_champion: float, auc_challenger: float, rho: float):

@@ -62,7 +62,7 @@ sample='[{"amount": 912.5, "hour": 3, "is_weekend": 1, "merchant_risk": 0.71, "d
 run ctpipe predict "$sample"
 
 branch=$(git --git-dir="$CTPIPE_HOME/gitops.git" branch --list 'promote/*' --sort=-committerdate --format='%(refname:short)' | head -1)
-gw=$(python -c 'from ct_pipeline.settings import Settings; s=Settings(); print(f"http://{s.bind_host}:{s.gateway_port}")')
+gw=$(python -c 'from ct_pipeline.settings import Settings; s=Settings(); print(f"http://{s.serving.bind_host}:{s.serving.gateway_port}")')
 served=$(curl -s -X POST "$gw/predict" -H 'content-type: application/json' -d "{\"rows\": $sample}" | python -c '
 import json, sys
 b = json.load(sys.stdin)
@@ -71,9 +71,9 @@ image=$(python - "$MODEL" <<'PY'
 import sys
 from ct_pipeline.gitops import default_publisher, deployed_model
 from ct_pipeline.settings import get_settings
-from ct_pipeline.spec import find_spec
+from ct_pipeline.domain.spec import find_spec
 s = get_settings()
-spec = find_spec(s.models_dir, sys.argv[1])
+spec = find_spec(s.paths.models_dir, sys.argv[1])
 d = deployed_model(default_publisher(s, spec), spec)
 print(f"{d.image_repository}@{d.image_digest} (tag {d.image_tag})" if d and d.image_digest else "none (Bento only)")
 PY

@@ -26,9 +26,9 @@ def settings(ctpipe_home, monkeypatch):
     from ct_pipeline.settings import Settings
 
     s = Settings()
-    s.home_dir.mkdir(parents=True, exist_ok=True)
+    s.paths.home_dir.mkdir(parents=True, exist_ok=True)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", s.tracking_uri)
-    monkeypatch.setenv("BENTOML_HOME", str(s.bento_home))
+    monkeypatch.setenv("BENTOML_HOME", str(s.paths.bento_home))
     monkeypatch.setenv("BENTOML_DO_NOT_TRACK", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return s

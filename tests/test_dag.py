@@ -60,7 +60,7 @@ def test_bad_spec_fails_the_dag_file_naming_the_field(tmp_path):
     import pytest
 
     from ct_pipeline.dag_factory import build_dags
-    from ct_pipeline.spec import SpecError
+    from ct_pipeline.domain.spec import SpecError
 
     (tmp_path / "bad.yaml").write_text(
         (REPO / "models" / "fraud-detector.yaml")

@@ -3,9 +3,9 @@ from datetime import UTC, date, datetime
 import pandas as pd
 import pytest
 
-from ct_pipeline.data_window import DataWindowError, content_hash, pull_window, split_holdout
+from ct_pipeline.data_window import DataError, content_hash, pull_window, split_holdout
 from ct_pipeline.demo_data import FEATURES, generate_transactions, write_partitioned
-from ct_pipeline.spec import parse_spec
+from ct_pipeline.domain.spec import parse_spec
 
 END = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -34,7 +34,7 @@ def transactions():
 
 @pytest.fixture
 def parquet_dir(settings, transactions):
-    path = settings.data_root / "tx"
+    path = settings.paths.data_root / "tx"
     write_partitioned(transactions, path)
     return path
 
@@ -78,18 +78,18 @@ def test_sql_window_sqlite(settings, transactions, tmp_path):
 
 def test_empty_window_is_a_clear_error(settings, parquet_dir):
     spec = spec_for({"kind": "parquet", "path": "tx"})
-    with pytest.raises(DataWindowError, match=r"empty data window: no rows with event_time in \[2025-12-"):
+    with pytest.raises(DataError, match=r"empty data window: no rows with event_time in \[2025-12-"):
         pull_window(spec, datetime(2026, 1, 1, tzinfo=UTC), settings)
 
 
 def test_missing_column_is_named(settings, parquet_dir):
     spec = spec_for({"kind": "parquet", "path": "tx"}, features=["amount", "not_there"])
-    with pytest.raises(DataWindowError, match=r"column\(s\) \['not_there'\] not found"):
+    with pytest.raises(DataError, match=r"column\(s\) \['not_there'\] not found"):
         pull_window(spec, END, settings)
 
 
 def test_missing_source_is_named(settings):
-    with pytest.raises(DataWindowError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist"):
         pull_window(spec_for({"kind": "parquet", "path": "nowhere"}), END, settings)
 
 

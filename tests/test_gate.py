@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 from scipy.special import expit, logit
 
+from ct_pipeline.domain.metrics import metric
+from ct_pipeline.domain.records import CandidateResult, ModelRef, TrainResult, WindowSnapshot
+from ct_pipeline.domain.spec import GateSpec, parse_spec
 from ct_pipeline.gate import decide, evaluate, paired_bootstrap
-from ct_pipeline.metrics import metric
-from ct_pipeline.records import CandidateResult, ModelRef, TrainResult, WindowSnapshot
 from ct_pipeline.registry import CHALLENGER, CHAMPION, RegistryError
-from ct_pipeline.spec import GateSpec, parse_spec
 
 
 def synthetic(n: int, seed: int, strength_a: float, strength_b: float):

@@ -25,7 +25,7 @@ from test_serving_support import (
 )
 
 from ct_pipeline.rollout import SERVING_DIR, LocalRuntime, stop_process_group
-from ct_pipeline.settings import Settings
+from ct_pipeline.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -109,10 +109,10 @@ def stack(tmp_path_factory):
         mp.setenv("CTPIPE_HOME", str(tmp / "ctpipe"))
         for var in ("MLFLOW_TRACKING_URI", "BENTOML_HOME", "CTPIPE_GITOPS_REMOTE", "CTPIPE_DATA_DIR"):
             mp.delenv(var, raising=False)
-        settings = Settings(bentoml_home=bento_home)
-        settings.home_dir.mkdir(parents=True, exist_ok=True)
+        settings = load_settings(paths={"bentoml_home": bento_home})
+        settings.paths.home_dir.mkdir(parents=True, exist_ok=True)
         mp.setenv("MLFLOW_TRACKING_URI", settings.tracking_uri)
-        mp.setenv("BENTOML_HOME", str(settings.bento_home))
+        mp.setenv("BENTOML_HOME", str(settings.paths.bento_home))
         mp.setenv("BENTOML_DO_NOT_TRACK", "true")
         mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         from ct_pipeline.package import build_bento

@@ -15,6 +15,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from github_standin import GitHubStandIn  # noqa: E402
 
+from ct_pipeline.domain.manifest import bump, render_initial_values  # noqa: E402
+from ct_pipeline.domain.records import BentoRef, PromotionRecord  # noqa: E402
+from ct_pipeline.domain.spec import parse_spec  # noqa: E402
 from ct_pipeline.github import GitHubPublisher, GitHubSettings, parse_github_remote, resolve_auth  # noqa: E402
 from ct_pipeline.gitops import (  # noqa: E402
     GitOpsError,
@@ -29,10 +32,7 @@ from ct_pipeline.gitops import (  # noqa: E402
     promotion_branch,
     record_path,
 )
-from ct_pipeline.manifest import bump, render_initial_values  # noqa: E402
-from ct_pipeline.records import BentoRef, PromotionRecord  # noqa: E402
-from ct_pipeline.settings import Settings  # noqa: E402
-from ct_pipeline.spec import parse_spec  # noqa: E402
+from ct_pipeline.settings import Settings, load_settings  # noqa: E402
 
 pytestmark = pytest.mark.integration  # real git, real HTTP
 REPO = "acme/gitops"
@@ -92,7 +92,7 @@ def git_dir(standin, tmp_path, monkeypatch) -> Path:
     """acme/gitops on the stand-in, initialized like `ctpipe gitops init` (seed + the spec's values file)."""
     path = standin.add_repo(REPO)
     monkeypatch.delenv("CTPIPE_GITOPS_REMOTE", raising=False)
-    settings = Settings(home=tmp_path / "home", gitops_remote=str(path))
+    settings = load_settings(paths={"home": tmp_path / "home"}, gitops={"remote": str(path)})
     init_local_remote(settings, [make_spec()])
     return path
 

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from ct_pipeline.domain.manifest import bump, render_initial_values
+from ct_pipeline.domain.records import BentoRef, PromotionRecord
+from ct_pipeline.domain.spec import parse_spec
 from ct_pipeline.gitops import (
     GitOpsError,
     GitPublisher,
@@ -26,9 +29,6 @@ from ct_pipeline.gitops import (
     promotion_id,
     record_path,
 )
-from ct_pipeline.manifest import bump, render_initial_values
-from ct_pipeline.records import BentoRef, PromotionRecord
-from ct_pipeline.spec import parse_spec
 
 pytestmark = pytest.mark.integration  # real git
 
@@ -83,7 +83,7 @@ def remote(settings, spec) -> str:
 
 @pytest.fixture
 def publisher(settings, remote) -> LocalGitPublisher:
-    return LocalGitPublisher(remote, "main", settings.git_author_name, settings.git_author_email)
+    return LocalGitPublisher(remote, "main", settings.gitops.author_name, settings.gitops.author_email)
 
 
 def open_version(publisher: GitPublisher, spec, version: str, tag_suffix: str = "") -> PromotionRecord:
@@ -109,7 +109,7 @@ def open_version(publisher: GitPublisher, spec, version: str, tag_suffix: str = 
 
 
 def test_init_creates_bare_repo_with_seed_and_values(settings, spec, remote):
-    assert remote == str(settings.home_dir / "gitops.git")
+    assert remote == str(settings.paths.home_dir / "gitops.git")
     assert git(remote, "rev-parse", "--is-bare-repository") == "true"
     files = set(git(remote, "ls-tree", "-r", "--name-only", "main").splitlines())
     assert {"README.md", "clusters/staging/.gitkeep", "apps/base/.gitkeep", "infrastructure/.gitkeep"} <= files

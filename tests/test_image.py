@@ -23,6 +23,7 @@ import pytest
 from test_serving_support import frame, free_tcp_port, make_decision, make_spec, register_model, shared_bento_home
 
 from ct_pipeline import image as image_mod
+from ct_pipeline.domain.records import BentoRef
 from ct_pipeline.image import (
     CT,
     OCI,
@@ -36,8 +37,7 @@ from ct_pipeline.image import (
     prepare_context,
     select_engine,
 )
-from ct_pipeline.records import BentoRef
-from ct_pipeline.settings import Settings
+from ct_pipeline.settings import Settings, load_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -88,15 +88,15 @@ def _ref(**kw) -> BentoRef:
 
 
 def test_names(tmp_path):
-    s = Settings(home=tmp_path, image_registry="127.0.0.1:5000", image_repository_prefix="Team/ML")
+    s = load_settings(paths={"home": tmp_path}, image={"registry": "127.0.0.1:5000", "repository_prefix": "Team/ML"})
     assert image_repository(s, "fraud-detector") == "127.0.0.1:5000/team/ml/fraud-detector"
-    assert image_repository(s.model_copy(update={"image_repository_prefix": ""}), "m") == "127.0.0.1:5000/m"
+    assert image_repository(s.replace(image={"repository_prefix": ""}), "m") == "127.0.0.1:5000/m"
     assert image_tag(_ref()) == "fraud-detector-v7"
     assert image_tag(_ref(version="3 rc/1")) == "fraud-detector-v3-rc-1"
 
 
 def test_labels_carry_lineage(tmp_path):
-    s = Settings(home=tmp_path, image_source="https://github.com/acme/ct-pipeline")
+    s = load_settings(paths={"home": tmp_path}, image={"source": "https://github.com/acme/ct-pipeline"})
     labels = image_mod.image_labels(_ref(), s)
     assert labels[f"{OCI}.source"] == "https://github.com/acme/ct-pipeline"
     assert labels[f"{CT}.mlflow-run-id"] == "0123456789abcdef" and labels[f"{CT}.data-hash"] == "sha256:" + "ab" * 32
@@ -106,12 +106,7 @@ def test_labels_carry_lineage(tmp_path):
 
 def test_no_engine_says_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.delenv("DOCKER_HOST", raising=False)
-    s = Settings(
-        home=tmp_path,
-        image_engine="auto",
-        docker_host=f"unix://{tmp_path}/no.sock",
-        image_base="localhost/ct-pipeline/no-such-base:1",
-    )
+    s = load_settings(paths={"home": tmp_path}, image={"engine": "auto", "docker_host": f"unix://{tmp_path}/no.sock", "base": "localhost/ct-pipeline/no-such-base:1"})
     with pytest.raises(EngineUnavailable) as exc:
         select_engine(s)
     text = str(exc.value)
@@ -121,12 +116,12 @@ def test_no_engine_says_what_is_missing(tmp_path, monkeypatch):
     assert package_image(_ref(), s) == _ref()
     # a configured engine that is not there is an error, not a silent Bento-only run
     with pytest.raises(EngineUnavailable, match="CTPIPE_IMAGE_ENGINE=docker"):
-        package_image(_ref(), s.model_copy(update={"image_engine": "docker"}))
-    assert package_image(_ref(), s.model_copy(update={"image_engine": "none"})) == _ref()
+        package_image(_ref(), s.replace(image={"engine": "docker"}))
+    assert package_image(_ref(), s.replace(image={"engine": "none"})) == _ref()
 
 
 def test_unreachable_registry_fails_before_building(tmp_path):
-    s = Settings(home=tmp_path, image_registry=f"127.0.0.1:{free_tcp_port()}")
+    s = load_settings(paths={"home": tmp_path}, image={"registry": f"127.0.0.1:{free_tcp_port()}"})
 
     class NoBuild:
         name = "spy"
@@ -167,18 +162,10 @@ def containers():
 def img_settings(containers, tmp_path_factory):
     home = tmp_path_factory.mktemp("image-home")
     with pytest.MonkeyPatch.context() as mp:
-        s = Settings(
-            home=home,
-            bentoml_home=shared_bento_home(tmp_path_factory),
-            image_engine="docker",
-            docker_host=containers["CTPIPE_DOCKER_HOST"],
-            image_registry=containers["CTPIPE_IMAGE_REGISTRY"],
-            image_base=containers["CTPIPE_IMAGE_BASE"],
-            image_repository_prefix=PREFIX,
-        )
-        s.home_dir.mkdir(parents=True, exist_ok=True)
+        s = load_settings(paths={"home": home, "bentoml_home": shared_bento_home(tmp_path_factory)}, image={"engine": "docker", "docker_host": containers["CTPIPE_DOCKER_HOST"], "registry": containers["CTPIPE_IMAGE_REGISTRY"], "base": containers["CTPIPE_IMAGE_BASE"], "repository_prefix": PREFIX})
+        s.paths.home_dir.mkdir(parents=True, exist_ok=True)
         mp.setenv("MLFLOW_TRACKING_URI", s.tracking_uri)
-        mp.setenv("BENTOML_HOME", str(s.bento_home))
+        mp.setenv("BENTOML_HOME", str(s.paths.bento_home))
         mp.setenv("BENTOML_DO_NOT_TRACK", "true")
         mp.setenv("CTPIPE_HOME", str(home))
         yield s
@@ -188,7 +175,7 @@ def img_settings(containers, tmp_path_factory):
 def docker_client(img_settings):
     import docker
 
-    client = docker.DockerClient(base_url=img_settings.docker_host, timeout=600)
+    client = docker.DockerClient(base_url=img_settings.image.docker_host, timeout=600)
     yield client
     # drop this run's images (all engines share podman's storage) but not their untagged parents: those are the
     # layer cache the next run builds on (the Docker API's image removal would prune them)
@@ -245,7 +232,7 @@ class _SpyEngine:
 def test_context_is_bentomls_with_the_local_base(img_settings, bento, tmp_path):
     ref, _ = bento
     dockerfile = (tmp_path / prepare_context(ref, img_settings, tmp_path)).read_text()
-    assert dockerfile.count(f"FROM {img_settings.image_base} AS base-container") == 1
+    assert dockerfile.count(f"FROM {img_settings.image.base} AS base-container") == 1
     assert "USER bentoml" in dockerfile and "python:3.11-slim" not in dockerfile
     name, _, version = ref.bento_model_tag.partition(":")
     assert (tmp_path / "models" / name / version / "mlflow_model" / "MLmodel").is_file()
@@ -253,19 +240,19 @@ def test_context_is_bentomls_with_the_local_base(img_settings, bento, tmp_path):
 
 
 def test_auto_detects_podman_socket_through_docker_host(img_settings, monkeypatch):
-    monkeypatch.setenv("DOCKER_HOST", img_settings.docker_host)
-    engine = select_engine(img_settings.model_copy(update={"image_engine": "auto", "docker_host": None}))
+    monkeypatch.setenv("DOCKER_HOST", img_settings.image.docker_host)
+    engine = select_engine(img_settings.replace(image={"engine": "auto", "docker_host": None}))
     assert engine.name == "docker" and "podman" in engine.describe()
 
 
 def test_build_push_pin_by_digest(img_settings, bento, pushed):
     ref, _ = bento
-    repository = f"{img_settings.image_registry}/{PREFIX}/fraud-detector"
+    repository = f"{img_settings.image.registry}/{PREFIX}/fraud-detector"
     assert (pushed.image_repository, pushed.image_tag) == (repository, f"fraud-detector-v{ref.version}")
     assert pushed.image_digest.startswith("sha256:") and len(pushed.image_digest) == 71
     assert pushed.model_copy(update={"image_repository": None, "image_tag": None, "image_digest": None}) == ref
 
-    registry = Registry(img_settings.image_registry)
+    registry = Registry(img_settings.image.registry)
     try:
         assert registry.digest(repository, pushed.image_tag) == pushed.image_digest
         config = registry.config(repository, pushed.image_digest)
@@ -278,7 +265,7 @@ def test_build_push_pin_by_digest(img_settings, bento, pushed):
     assert config["config"]["User"] == "bentoml"  # BentoML's non-root user, set by its Dockerfile
 
     # the GitOps values file records repository, human tag and digest; the chart then runs repository@digest
-    from ct_pipeline.manifest import bump, read_deployed, render_initial_values
+    from ct_pipeline.domain.manifest import bump, read_deployed, render_initial_values
 
     spec = make_spec()
     deployed = read_deployed(bump(render_initial_values(spec), pushed), spec)
@@ -304,13 +291,13 @@ def test_local_image_is_pushed_without_rebuild(img_settings, bento, pushed):
 
     ref, _ = bento
     name = pushed.image_repository.partition("/")[2]
-    url = f"http://{img_settings.image_registry}/v2/{name}/manifests/{pushed.image_digest}"
+    url = f"http://{img_settings.image.registry}/v2/{name}/manifests/{pushed.image_digest}"
     assert httpx.delete(url).status_code == 202
     spy = _SpyEngine(select_engine(img_settings), forbid_build=True)
     again = build_and_push(ref, img_settings, engine=spy)
     assert spy.calls == ["push"]
     assert (again.image_repository, again.image_tag) == (pushed.image_repository, pushed.image_tag)
-    registry = Registry(img_settings.image_registry)
+    registry = Registry(img_settings.image.registry)
     try:
         assert registry.digest(again.image_repository, again.image_tag) == again.image_digest
     finally:
@@ -393,7 +380,7 @@ def test_pull_by_digest_run_predict_health_nonroot(img_settings, docker_client, 
 @pytest.fixture(scope="module")
 def pinned_image(img_settings, pushed):
     """The pinned image as the registry holds it after the other docker-engine tests ran."""
-    registry = Registry(img_settings.image_registry)
+    registry = Registry(img_settings.image.registry)
     try:
         digest = registry.digest(pushed.image_repository, pushed.image_tag)
     finally:
@@ -418,7 +405,7 @@ def test_cli_engines_build_and_push(img_settings, bento, engine, image_format, m
     started = time.monotonic()
     out = build_and_push(ref, s)
     TIMINGS[f"build+push ({engine} CLI)"] = time.monotonic() - started
-    registry = Registry(s.image_registry)
+    registry = Registry(s.image.registry)
     try:
         assert registry.digest(out.image_repository, out.image_tag) == out.image_digest
         manifest = registry.manifest(out.image_repository, out.image_digest)
@@ -470,9 +457,9 @@ def _cli_env(img_settings: Settings, home: Path, **extra: str) -> dict[str, str]
             "CTPIPE_MODELS_DIR": str(home / "models"),
             "CTPIPE_DATA_DIR": str(home / "data"),
             "CTPIPE_IMAGE_ENGINE": "docker",
-            "CTPIPE_DOCKER_HOST": img_settings.docker_host,
-            "CTPIPE_IMAGE_REGISTRY": img_settings.image_registry,
-            "CTPIPE_IMAGE_BASE": img_settings.image_base,
+            "CTPIPE_DOCKER_HOST": img_settings.image.docker_host,
+            "CTPIPE_IMAGE_REGISTRY": img_settings.image.registry,
+            "CTPIPE_IMAGE_BASE": img_settings.image.base,
             "CTPIPE_IMAGE_REPOSITORY_PREFIX": PREFIX,
             **extra,
         }
@@ -514,7 +501,7 @@ def test_loop_promotes_the_image_by_digest_and_a_failed_push_changes_nothing(img
     """`ctpipe run` end to end (a fresh process, as users run it): the promotion's values file pins the pushed
     image by digest. Then a run whose push fails exits non-zero naming the push, and the GitOps remote is left
     exactly as it was (no new branch, no manifest change)."""
-    from ct_pipeline.manifest import read_deployed
+    from ct_pipeline.domain.manifest import read_deployed
 
     home = tmp_path / "home"
     end = datetime(2026, 11, 1, tzinfo=UTC)
@@ -531,12 +518,12 @@ def test_loop_promotes_the_image_by_digest_and_a_failed_push_changes_nothing(img
     outcome = json.loads(run.stdout)
     bento = BentoRef.model_validate(outcome["bento"])
     assert outcome["status"] == "promoted"
-    assert bento.image_repository == f"{img_settings.image_registry}/{PREFIX}/image-loop"
+    assert bento.image_repository == f"{img_settings.image.registry}/{PREFIX}/image-loop"
     values = _promotion_values(home, spec.manifest_path)
     assert list(values) == [outcome["promotion"]["branch"]]
     deployed = read_deployed(values[outcome["promotion"]["branch"]], spec)
     assert (deployed.version, deployed.image_tag) == (bento.version, f"image-loop-v{bento.version}")
-    registry = Registry(img_settings.image_registry)
+    registry = Registry(img_settings.image.registry)
     try:  # the values file pins exactly what the registry serves under the human tag
         assert deployed.image_digest == bento.image_digest == registry.digest(bento.image_repository, bento.image_tag)
     finally:

@@ -41,11 +41,11 @@ import jsonschema
 import pytest
 from ruamel.yaml import YAML
 
+from ct_pipeline.domain.manifest import bump, read_deployed
+from ct_pipeline.domain.records import BentoRef
+from ct_pipeline.domain.spec import discover_specs, load_spec
 from ct_pipeline.gitops import init_local_remote
-from ct_pipeline.manifest import bump, read_deployed
-from ct_pipeline.records import BentoRef
-from ct_pipeline.settings import Settings
-from ct_pipeline.spec import discover_specs, load_spec
+from ct_pipeline.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "ct-serving"
@@ -84,7 +84,7 @@ def specs():
 def gitops_tree(tmp_path_factory, specs) -> Path:
     """A checkout of main of a GitOps repository initialized from the seed and the project's model specs."""
     home = tmp_path_factory.mktemp("ctpipe")
-    settings = Settings(home=home, gitops_remote=str(home / "gitops.git"), gitops_branch="main")
+    settings = load_settings(paths={"home": home}, gitops={"remote": str(home / "gitops.git"), "branch": "main"})
     remote = init_local_remote(settings, specs)
     work = home / "work"
     subprocess.run(["git", "clone", "--quiet", remote, str(work)], check=True)

@@ -5,9 +5,9 @@ import difflib
 import pytest
 from ruamel.yaml import YAML
 
-from ct_pipeline.manifest import ManifestError, bump, changed_values, read_deployed, render_initial_values
-from ct_pipeline.records import BentoRef
-from ct_pipeline.spec import parse_spec
+from ct_pipeline.domain.manifest import ManifestError, bump, changed_values, read_deployed, render_initial_values
+from ct_pipeline.domain.records import BentoRef
+from ct_pipeline.domain.spec import parse_spec
 
 MARKER = '# {"$imagepolicy": "flux-system:fraud:tag"}'
 

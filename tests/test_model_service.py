@@ -29,7 +29,7 @@ _module_ids = itertools.count()
 def pkg_settings(settings, monkeypatch, tmp_path_factory):
     shared = shared_bento_home(tmp_path_factory)
     monkeypatch.setenv("BENTOML_HOME", str(shared))
-    return settings.model_copy(update={"bentoml_home": shared})
+    return settings.replace(paths={"bentoml_home": shared})
 
 
 def load_service(bento_home: Path, bento_tag: str, monkeypatch, **env: str):
@@ -92,7 +92,7 @@ def test_numeric_model_scores_through_the_estimator_exactly_as_pyfunc(pkg_settin
     x, _ = frame(64, seed=12)
     records = x.to_dict(orient="records")
 
-    module, fast = load_service(pkg_settings.bento_home, ref.bento_tag, monkeypatch)
+    module, fast = load_service(pkg_settings.paths.bento_home, ref.bento_tag, monkeypatch)
     assert fast.predict_path == "estimator.predict_proba"
     assert fast.metadata()["predict_path"] == "estimator.predict_proba"
     frame_in = fast._frame([module.Row.model_validate(r) for r in records])
@@ -103,7 +103,7 @@ def test_numeric_model_scores_through_the_estimator_exactly_as_pyfunc(pkg_settin
     assert score(module, fast, records[:1]) == fast_scores[:1]
 
     module_p, through_pyfunc = load_service(
-        pkg_settings.bento_home, ref.bento_tag, monkeypatch, CT_PREDICT_PATH="pyfunc"
+        pkg_settings.paths.bento_home, ref.bento_tag, monkeypatch, CT_PREDICT_PATH="pyfunc"
     )
     assert through_pyfunc.predict_path == "pyfunc"
     assert score(module_p, through_pyfunc, records) == fast_scores  # bit for bit
@@ -117,19 +117,19 @@ def test_string_feature_pipeline_scores_as_pyfunc(pkg_settings, monkeypatch):
     ref = build(spec, version, run_id, pkg_settings)
     config = json.loads(
         (
-            Path(pkg_settings.bento_home) / "bentos" / name / ref.bento_tag.partition(":")[2] / "src" / "ct_model.json"
+            Path(pkg_settings.paths.bento_home) / "bentos" / name / ref.bento_tag.partition(":")[2] / "src" / "ct_model.json"
         ).read_text()
     )
     assert config["feature_dtypes"]["channel"] == "string"
 
-    module, service = load_service(pkg_settings.bento_home, ref.bento_tag, monkeypatch)
+    module, service = load_service(pkg_settings.paths.bento_home, ref.bento_tag, monkeypatch)
     assert service.predict_path == "estimator.predict_proba"
     records = x.head(40).to_dict(orient="records")
     records[0]["channel"] = "a channel never seen in training"  # the encoder ignores it, both paths alike
     expected = model.predict_proba(pd.DataFrame(records)[features])[:, 1]
     assert score(module, service, records) == pytest.approx(list(expected), abs=1e-12)
     module_p, through_pyfunc = load_service(
-        pkg_settings.bento_home, ref.bento_tag, monkeypatch, CT_PREDICT_PATH="pyfunc"
+        pkg_settings.paths.bento_home, ref.bento_tag, monkeypatch, CT_PREDICT_PATH="pyfunc"
     )
     assert score(module_p, through_pyfunc, records) == score(module, service, records)
 
@@ -138,7 +138,7 @@ def test_without_an_input_example_every_call_goes_through_pyfunc(pkg_settings, m
     name = "svc-no-example"
     version, run_id, model = register_model(name, seed=21, input_example=False)
     ref = build(make_spec(name=name), version, run_id, pkg_settings)
-    module, service = load_service(pkg_settings.bento_home, ref.bento_tag, monkeypatch)
+    module, service = load_service(pkg_settings.paths.bento_home, ref.bento_tag, monkeypatch)
     assert service.predict_path == "pyfunc"  # nothing to verify the direct call on: MLflow's path
     x, _ = frame(8, seed=22)
     records = x.to_dict(orient="records")

@@ -45,7 +45,7 @@ def pkg_settings(settings, monkeypatch, tmp_path_factory):
     """conftest's per-test settings, but with the session's one bento store (bentoml binds it once)."""
     shared = shared_bento_home(tmp_path_factory)
     monkeypatch.setenv("BENTOML_HOME", str(shared))
-    return settings.model_copy(update={"bentoml_home": shared})
+    return settings.replace(paths={"bentoml_home": shared})
 
 
 def _stored_bentos(bento_home: Path, name: str) -> dict[str, dict]:
@@ -75,11 +75,11 @@ def test_build_bento_for_real(pkg_settings):
     assert ref.labels["run_id"] == run_id and ref.labels["version"] == version
     assert all(len(v) <= 63 for v in ref.labels.values())
 
-    stored = _stored_bentos(pkg_settings.bento_home, "fraud-detector")
+    stored = _stored_bentos(pkg_settings.paths.bento_home, "fraud-detector")
     info = stored[ref.bento_tag]
     assert info["labels"] == ref.labels and info["service"] == "service:CTModelService"
     assert [m["tag"] for m in info["services"][0]["models"]] == [ref.bento_model_tag]
-    bento_dir = Path(pkg_settings.bento_home) / "bentos" / "fraud-detector" / ref.bento_tag.partition(":")[2]
+    bento_dir = Path(pkg_settings.paths.bento_home) / "bentos" / "fraud-detector" / ref.bento_tag.partition(":")[2]
     src = bento_dir / "src"
     assert {p.name for p in src.iterdir()} <= {"ct_model.json", "service.py", "bentofile.yaml"}
     serving_source = Path(__file__).parents[1] / "serving" / "model_service" / "service.py"
@@ -90,13 +90,13 @@ def test_build_bento_for_real(pkg_settings):
     assert config["data_hash"] == "sha256:" + "ab" * 32 and config["model_uri"] == f"models:/fraud-detector/{version}"
     requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text()
     assert "mlflow==" in requirements and "scikit-learn==" in requirements
-    model_dir = Path(pkg_settings.bento_home) / "models" / "fraud-detector" / ref.bento_model_tag.partition(":")[2]
+    model_dir = Path(pkg_settings.paths.bento_home) / "models" / "fraud-detector" / ref.bento_model_tag.partition(":")[2]
     assert (model_dir / "mlflow_model" / "MLmodel").is_file()
 
     # idempotent: the same model + version returns the existing bento
     again = build_bento(spec, decision, pkg_settings)
     assert again.bento_tag == ref.bento_tag
-    stored = _stored_bentos(pkg_settings.bento_home, "fraud-detector")
+    stored = _stored_bentos(pkg_settings.paths.bento_home, "fraud-detector")
     assert [tag for tag, b in stored.items() if b["labels"]["run_id"] == run_id] == [ref.bento_tag]
 
 
@@ -130,9 +130,9 @@ def test_other_store_builds_in_a_subprocess(settings, tmp_path_factory, monkeypa
 
     bentoml.bentos.list()  # make sure this process is bound to a store (the shared one, unless bound before)
     assert _bound_bento_home() is not None
-    other = settings.home_dir / "other-bentoml"
+    other = settings.paths.home_dir / "other-bentoml"
     monkeypatch.setenv("BENTOML_HOME", str(other))
-    s = settings.model_copy(update={"bentoml_home": other})
+    s = settings.replace(paths={"bentoml_home": other})
 
     spec = make_spec()
     version, run_id, _ = register_model(spec.name)

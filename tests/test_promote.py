@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 
 import pytest
 
+from ct_pipeline.domain.records import BentoRef, GateCheck, GateDecision, ModelRef, WindowSnapshot
+from ct_pipeline.domain.spec import parse_spec
 from ct_pipeline.gitops import LocalGitPublisher, body_path, deployed_model, init_local_remote, record_path
 from ct_pipeline.promote import AlreadyDeployedError, PromotionError, PromotionRefusedError, promote, render_body
-from ct_pipeline.records import BentoRef, GateCheck, GateDecision, ModelRef, WindowSnapshot
-from ct_pipeline.spec import parse_spec
 
 pytestmark = pytest.mark.integration  # real git
 

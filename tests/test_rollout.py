@@ -22,7 +22,7 @@ from test_serving_support import (
     shared_bento_home,
 )
 
-from ct_pipeline.records import DeployedModel
+from ct_pipeline.domain.records import DeployedModel
 from ct_pipeline.rollout import (
     NOTHING_DEPLOYED,
     LocalRuntime,
@@ -38,7 +38,7 @@ from ct_pipeline.rollout import (
     stop_all,
     stop_process_group,
 )
-from ct_pipeline.settings import Settings
+from ct_pipeline.settings import Settings, load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -53,14 +53,10 @@ def env(tmp_path_factory):
         mp.setenv("CTPIPE_HOME", str(home))
         for var in ("MLFLOW_TRACKING_URI", "BENTOML_HOME", "CTPIPE_GITOPS_REMOTE", "CTPIPE_DATA_DIR"):
             mp.delenv(var, raising=False)
-        settings = Settings(
-            bentoml_home=bento_home,
-            gateway_port=free_tcp_port(),
-            model_server_base_port=free_tcp_port(),
-        )
-        settings.home_dir.mkdir(parents=True, exist_ok=True)
+        settings = load_settings(paths={"bentoml_home": bento_home}, serving={"gateway_port": free_tcp_port(), "model_server_base_port": free_tcp_port()})
+        settings.paths.home_dir.mkdir(parents=True, exist_ok=True)
         mp.setenv("MLFLOW_TRACKING_URI", settings.tracking_uri)
-        mp.setenv("BENTOML_HOME", str(settings.bento_home))
+        mp.setenv("BENTOML_HOME", str(settings.paths.bento_home))
         mp.setenv("BENTOML_DO_NOT_TRACK", "true")
         mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -126,7 +122,7 @@ def test_serve_v1_through_gateway(env):
     startup = time.monotonic() - t0
     assert isinstance(state, ServedState) and state.action == "started", state
     assert state.version == "1" and state.bento_tag == bento.bento_tag
-    assert state.gateway.port == settings.gateway_port and state.gateway.url.startswith("http://127.0.0.1:")
+    assert state.gateway.port == settings.serving.gateway_port and state.gateway.url.startswith("http://127.0.0.1:")
     assert startup < 90
 
     sample = rows(5)
@@ -251,8 +247,8 @@ def test_two_models_side_by_side_including_regression(env):
     house, regressor = versions["house-price"]
     states = {s.model: s for s in reconcile(settings, [desired(fraud), desired(house)])}
     assert states["fraud-detector"].action == "unchanged" and states["house-price"].action == "started"
-    assert states["fraud-detector"].gateway.port == settings.gateway_port
-    assert states["house-price"].gateway.port != settings.gateway_port
+    assert states["fraud-detector"].gateway.port == settings.serving.gateway_port
+    assert states["house-price"].gateway.port != settings.serving.gateway_port
 
     sample = rows(4, seed=3)
     body = httpx.post(f"{states['house-price'].gateway_url}/predict", json={"rows": sample}, timeout=30).json()
@@ -309,7 +305,7 @@ def test_busy_gateway_port_is_a_clear_error(settings):
         sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
-        runtime = LocalRuntime(settings.model_copy(update={"gateway_port": port}))
+        runtime = LocalRuntime(settings.replace(serving={"gateway_port": port}))
         with pytest.raises(RolloutError, match=rf"gateway port 127.0.0.1:{port} is in use by another process"):
             runtime._start_gateway("m", "http://127.0.0.1:1", "t", taken=set(), port=None)
 

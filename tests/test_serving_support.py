@@ -39,7 +39,7 @@ def free_tcp_port() -> int:
 
 
 def make_spec(**overrides):
-    from ct_pipeline.spec import parse_spec
+    from ct_pipeline.domain.spec import parse_spec
 
     return parse_spec({**SPEC, **overrides})
 
@@ -97,7 +97,7 @@ def register_model(name: str = "fraud-detector", seed: int = 0, C: float = 1.0, 
 
 
 def make_decision(model: str, version: str, run_id: str, data_hash: str = "sha256:" + "ab" * 32):
-    from ct_pipeline.records import GateDecision, ModelRef, WindowSnapshot
+    from ct_pipeline.domain.records import GateDecision, ModelRef, WindowSnapshot
 
     snapshot = WindowSnapshot(
         model=model,

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from ct_pipeline.spec import SpecError, load_spec, parse_spec, parse_window
+from ct_pipeline.domain.spec import SpecError, load_spec, parse_spec, parse_window
 
 REPO = Path(__file__).resolve().parents[1]
 

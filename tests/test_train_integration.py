@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ct_pipeline.domain.spec import parse_spec
 from ct_pipeline.pipeline import step_gate, step_pull, step_train
 from ct_pipeline.registry import CHALLENGER, CHAMPION, MlflowRegistry
-from ct_pipeline.spec import parse_spec
 
 pytestmark = pytest.mark.integration
 

@@ -53,7 +53,7 @@ def edit_yaml(path: Path, change) -> None:
 def seed(args) -> None:
     from ct_pipeline.gitops import init_local_remote
     from ct_pipeline.settings import Settings
-    from ct_pipeline.spec import discover_specs, load_spec
+    from ct_pipeline.domain.spec import discover_specs, load_spec
 
     bare = Path(args.root) / f"{args.repo}.git"
     specs = [load_spec(p) for p in discover_specs(ROOT / "models")]
@@ -99,14 +99,14 @@ def seed(args) -> None:
 
 def publish_image(args) -> None:
     from ct_pipeline.gitops import body_path, default_publisher, parse_record_file, promotion_files, record_path
-    from ct_pipeline.manifest import bump
-    from ct_pipeline.records import BentoRef
+    from ct_pipeline.domain.manifest import bump
+    from ct_pipeline.domain.records import BentoRef
     from ct_pipeline.settings import configure_environment, get_settings
-    from ct_pipeline.spec import find_spec
+    from ct_pipeline.domain.spec import find_spec
 
     settings = get_settings()
     configure_environment(settings)
-    spec = find_spec(settings.models_dir, args.model)
+    spec = find_spec(settings.paths.models_dir, args.model)
     publisher = default_publisher(settings, spec)
     open_ = [p for p in publisher.list_promotions(spec.name) if p.status == "open"]
     if not open_:

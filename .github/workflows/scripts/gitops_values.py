@@ -17,10 +17,10 @@ sys.path.insert(0, str(ROOT))
 from ruamel.yaml import YAML  # noqa: E402
 
 from ct_pipeline.gitops import init_local_remote  # noqa: E402
-from ct_pipeline.manifest import bump  # noqa: E402
-from ct_pipeline.records import BentoRef  # noqa: E402
+from ct_pipeline.domain.manifest import bump  # noqa: E402
+from ct_pipeline.domain.records import BentoRef  # noqa: E402
 from ct_pipeline.settings import Settings  # noqa: E402
-from ct_pipeline.spec import discover_specs, load_spec  # noqa: E402
+from ct_pipeline.domain.spec import discover_specs, load_spec  # noqa: E402
 
 
 def main(out: Path) -> None:

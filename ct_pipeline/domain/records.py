@@ -165,7 +165,7 @@ SCHEMAS = {"gate-decision": GateDecision, "promotion-record": PromotionRecord}
 
 
 def write_schemas(directory) -> list[str]:
-    """Regenerate schemas/*.schema.json from the records (`python -m ct_pipeline.records`)."""
+    """Regenerate schemas/*.schema.json from the records (`python -m ct_pipeline.domain.records`)."""
     import json
     from pathlib import Path
 

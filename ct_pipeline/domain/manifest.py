@@ -21,8 +21,9 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString, SingleQuotedScalarString
 
-from ct_pipeline.records import BentoRef, DeployedModel
-from ct_pipeline.spec import ModelSpec
+from ct_pipeline.domain.records import BentoRef, DeployedModel
+from ct_pipeline.domain.spec import ModelSpec
+from ct_pipeline.errors import ManifestError
 
 # values key -> BentoRef field
 MODEL_FIELDS = {"version": "version", "runId": "run_id", "bentoTag": "bento_tag", "dataHash": "data_hash"}
@@ -34,8 +35,6 @@ _PLAIN_SAFE_RE = re.compile(r"^[A-Za-z_/][A-Za-z0-9_./@+-]*$")
 _NUMBERISH_RE = re.compile(r"^[-+.]?[0-9]|^\.(inf|nan)$", re.IGNORECASE)
 
 
-class ManifestError(ValueError):
-    """A values file that cannot be read or bumped; the message says what is wrong with it."""
 
 
 _INITIAL_VALUES = """\

@@ -10,13 +10,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ct_pipeline.errors import SpecError
+
 _WINDOW_RE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _WINDOW_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _NAME_RE = r"^[a-z0-9][a-z0-9-]{0,62}$"
 
 
-class SpecError(ValueError):
-    """A model spec that cannot be used; the message names the file and the offending field(s)."""
 
 
 def parse_window(text: str) -> timedelta:
