@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn
+
+import click
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from ct_pipeline.domain.spec import SpecError, discover_specs, find_spec, load_spec
-from ct_pipeline.settings import Settings, configure_environment
+from ct_pipeline.domain.spec import discover_specs, find_spec, load_spec
+from ct_pipeline.errors import CtPipelineError
+from ct_pipeline.settings import Settings, load_settings
 
 app = typer.Typer(
     help="Continuous training: Airflow -> MLflow -> gate -> BentoML -> GitOps -> serving.", no_args_is_help=True
@@ -27,35 +32,77 @@ console = Console(width=None if sys.stdout.isatty() else 140)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
 
 
-def _settings() -> Settings:
-    settings = Settings()
-    configure_environment(settings)
-    return settings
+@dataclass
+class CliState:
+    """Read once per invocation (the CLI is the edge): the settings, and the ports shared by its commands."""
+
+    settings: Settings
+    debug: bool = False
+    _tracker: Any = None
+
+    def tracker(self):
+        from ct_pipeline.wiring import make_tracker
+
+        if self._tracker is None:
+            self._tracker = make_tracker(self.settings)
+        return self._tracker
+
+    def context(self, spec, request=None):
+        from ct_pipeline.wiring import build_context
+
+        return build_context(spec, self.settings, request, tracker=self.tracker())
 
 
-def _fail(message: str, code: int = 1) -> None:
+@app.callback()
+def _main(
+    ctx: typer.Context,
+    debug: Annotated[bool, typer.Option("--debug", help="show the traceback of every error")] = False,
+) -> None:
+    ctx.obj = CliState(settings=load_settings(), debug=debug)
+
+
+def _state() -> CliState:
+    ctx = click.get_current_context()
+    state = ctx.find_object(CliState)
+    if state is None:  # a command invoked without the group callback (not through `app`)
+        state = CliState(settings=load_settings())
+        ctx.obj = state
+    return state
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
 
 
+def handled(fn):
+    """A ct-pipeline error (bad input, a refused operation, an unreachable service) is one line and exit 1;
+    anything else is a bug and keeps its traceback. ``--debug`` shows the traceback of both."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CtPipelineError as exc:
+            if _state().debug:
+                err.print_exception()
+            _fail(str(exc))
+
+    return wrapper
+
+
 def _spec(settings: Settings, model: str):
-    try:
-        return find_spec(settings.paths.models_dir, model)
-    except SpecError as exc:
-        _fail(str(exc))
+    return find_spec(settings.paths.models_dir, model)
 
 
 def _all_specs(settings: Settings, model: str | None = None):
     if model:
         return [_spec(settings, model)]
-    try:
-        return [load_spec(p) for p in discover_specs(settings.paths.models_dir)]
-    except SpecError as exc:
-        _fail(str(exc))
+    return [load_spec(p) for p in discover_specs(settings.paths.models_dir)]
 
 
 def _parse_end(end: str | None) -> datetime:
-    from ct_pipeline.data_window import default_end
+    from ct_pipeline.domain.window import default_end
 
     if not end:
         return default_end()
@@ -67,9 +114,10 @@ def _parse_end(end: str | None) -> datetime:
 
 
 @app.command()
+@handled
 def validate() -> None:
     """Validate every model spec in the models directory."""
-    settings = Settings()
+    settings = _state().settings
     paths = discover_specs(settings.paths.models_dir)
     if not paths:
         _fail(f"no model specs (*.yaml) in {settings.paths.models_dir}")
@@ -80,7 +128,7 @@ def validate() -> None:
             console.print(
                 f"[green]ok[/] {path}: {spec.name} ({len(spec.candidates)} candidates, window {spec.data.window})"
             )
-        except SpecError as exc:
+        except CtPipelineError as exc:
             bad += 1
             err.print(f"[red]{exc}[/]", highlight=False)
     if bad:
@@ -88,11 +136,12 @@ def validate() -> None:
 
 
 @app.command()
+@handled
 def init() -> None:
     """Create the embedded defaults: the local GitOps remote (bare repo) with a values file per model."""
-    from ct_pipeline.gitops import init_local_remote
+    from ct_pipeline.adapters.git_local import init_local_remote
 
-    settings = _settings()
+    settings = _state().settings
     specs = _all_specs(settings)
     remote = init_local_remote(settings, specs)
     console.print(f"GitOps remote: {remote}")
@@ -100,6 +149,7 @@ def init() -> None:
 
 
 @app.command("demo-data")
+@handled
 def demo_data(
     days: Annotated[int, typer.Option(help="days of history")] = 60,
     end: Annotated[str | None, typer.Option(help="last day (exclusive), default today UTC")] = None,
@@ -111,7 +161,7 @@ def demo_data(
     """Generate the demo's card-transaction stream as date-partitioned Parquet."""
     from ct_pipeline.demo_data import generate_demo_dataset
 
-    settings = Settings()
+    settings = _state().settings
     target = out or settings.paths.data_root / "transactions"
     end_day = date.fromisoformat(end) if end else None
     rows = generate_demo_dataset(
@@ -121,6 +171,7 @@ def demo_data(
 
 
 @app.command()
+@handled
 def run(
     model: str,
     end: Annotated[str | None, typer.Option(help="end of the window (ISO); default: today 00:00 UTC")] = None,
@@ -132,13 +183,18 @@ def run(
     """Run the whole loop for MODEL: sync -> pull -> train -> gate -> package -> promote."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from ct_pipeline.pipeline import STEPS, run_pipeline
+    from ct_pipeline.domain.records import RunRequest
+    from ct_pipeline.pipeline import run_pipeline
+    from ct_pipeline.steps import STEP_NAMES
 
-    settings = _settings()
-    spec = _spec(settings, model)
+    state = _state()
+    spec = _spec(state.settings, model)
     if force and not reason:
         _fail("--force needs --reason (it is recorded with the promotion)")
-    end_at = _parse_end(end)
+    request = RunRequest(
+        end=_parse_end(end), window=window, force=force, reason=reason, requested_by=os.environ.get("USER", "cli")
+    )
+    run_ctx = state.context(spec, request)
     columns = (
         SpinnerColumn(),
         TextColumn("[bold]{task.fields[step]:<8}"),
@@ -146,35 +202,31 @@ def run(
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=err, transient=False) as progress:
-        task_ids = {s: progress.add_task("waiting", step=s, start=False, total=1) for s in STEPS}
-        progress.start_task(task_ids["sync"])
+        task_ids = {s: progress.add_task("waiting", step=s, start=False, total=1) for s in STEP_NAMES}
+        progress.start_task(task_ids[STEP_NAMES[0]])
+        done: list[str] = []
 
         def on_step(step: str, message: str) -> None:
+            done.append(step)
             progress.update(task_ids[step], description=message, completed=1)
-            following = STEPS.index(step) + 1
-            if following < len(STEPS):
-                progress.start_task(task_ids[STEPS[following]])
-                progress.update(task_ids[STEPS[following]], description="running")
+            following = STEP_NAMES.index(step) + 1
+            if following < len(STEP_NAMES):
+                progress.start_task(task_ids[STEP_NAMES[following]])
+                progress.update(task_ids[STEP_NAMES[following]], description="running")
 
         try:
-            outcome = run_pipeline(
-                spec,
-                settings,
-                end_at,
-                window=window,
-                force=force,
-                force_reason=reason,
-                forced_by=os.environ.get("USER", "cli"),
-                on_step=on_step,
-            )
-        except Exception as exc:  # a failed step: say which and why, no traceback for users
-            _fail(f"{spec.name}: {exc}")
-        for step in STEPS[STEPS.index(_last_step(outcome)) + 1 :]:
+            outcome = run_pipeline(run_ctx, on_step=on_step)
+        except CtPipelineError as exc:  # a failed step: say which and why, no traceback for users
+            failed = STEP_NAMES[len(done)] if len(done) < len(STEP_NAMES) else "?"
+            if state.debug:
+                err.print_exception()
+            _fail(f"{spec.name}: {failed}: {exc}")
+        for step in STEP_NAMES[len(done) :]:
             progress.update(task_ids[step], description="[dim]skipped[/]", completed=1)
     if as_json:
         print(outcome.model_dump_json(indent=2))
         return
-    if outcome.status == "promoted":
+    if outcome.status == "promoted" and outcome.promotion is not None:
         console.print(
             f"[bold green]promotion proposed[/]: {outcome.promotion.id} on branch "
             f"[bold]{outcome.promotion.branch}[/] — review, then `ctpipe promotions merge {outcome.promotion.id}`"
@@ -183,34 +235,31 @@ def run(
         console.print(f"[bold yellow]not promoted[/]: {outcome.reason}")
 
 
-def _last_step(outcome) -> str:
-    return "promote" if outcome.status == "promoted" else "gate"
-
-
 @app.command()
+@handled
 def sync(model: Annotated[str | None, typer.Argument(help="default: all models")] = None) -> None:
     """Make MLflow's champion alias follow what the GitOps base branch deploys."""
-    from ct_pipeline.pipeline import step_sync
+    from ct_pipeline.steps.sync import sync as sync_step
 
-    settings = _settings()
-    for spec in _all_specs(settings, model):
-        console.print(step_sync(spec, settings))
+    state = _state()
+    for spec in _all_specs(state.settings, model):
+        console.print(sync_step(state.context(spec)).summary())
 
 
 @promotions_app.command("list")
+@handled
 def promotions_list(
     model: Annotated[str | None, typer.Option(help="only this model")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """List promotions (open, merged, closed) on the GitOps remote."""
-    from ct_pipeline.pipeline import publisher_for
+    from ct_pipeline.wiring import make_publisher
 
-    settings = _settings()
+    settings = _state().settings
     records = []
     seen = set()
     for spec in _all_specs(settings, model):
-        publisher = publisher_for(spec, settings)
-        for record in publisher.list_promotions(spec.name):
+        for record in make_publisher(settings, spec).list_promotions(spec.name):
             if record.id not in seen:
                 seen.add(record.id)
                 records.append(record)
@@ -225,13 +274,14 @@ def promotions_list(
 
 
 @promotions_app.command("show")
+@handled
 def promotions_show(promotion_id: str) -> None:
     """Print a promotion's body (the pull request text)."""
-    from ct_pipeline.pipeline import publisher_for
+    from ct_pipeline.wiring import make_publisher
 
-    settings = _settings()
+    settings = _state().settings
     spec = _spec(settings, promotion_id.split("/")[0])
-    record = publisher_for(spec, settings).get_promotion(promotion_id)
+    record = make_publisher(settings, spec).get_promotion(promotion_id)
     if record is None:
         _fail(f"no promotion {promotion_id!r}")
     console.print(f"[bold]{record.title}[/]  ({record.status}, branch {record.branch})\n")
@@ -239,65 +289,57 @@ def promotions_show(promotion_id: str) -> None:
 
 
 @promotions_app.command("merge")
+@handled
 def promotions_merge(promotion_id: Annotated[str, typer.Argument(help="<model>/v<version>")]) -> None:
     """Merge a promotion into the base branch (what a reviewer's merge does), then sync the registry."""
-    from ct_pipeline.pipeline import publisher_for, step_sync
+    from ct_pipeline.steps.sync import sync as sync_step
 
-    settings = _settings()
-    spec = _spec(settings, promotion_id.split("/")[0])
-    try:
-        commit = publisher_for(spec, settings).merge_promotion(promotion_id)
-    except Exception as exc:
-        _fail(str(exc))
-    console.print(f"merged {promotion_id} into {spec.gitops.base_branch} at {commit[:10]}")
-    console.print(step_sync(spec, settings))
+    state = _state()
+    ctx = state.context(_spec(state.settings, promotion_id.split("/")[0]))
+    commit = ctx.publisher.merge_promotion(promotion_id)
+    console.print(f"merged {promotion_id} into {ctx.spec.gitops.base_branch} at {commit[:10]}")
+    console.print(sync_step(ctx).summary())
 
 
 @app.command()
+@handled
 def rollback(model: str) -> None:
     """Revert the newest promotion of MODEL on the base branch (git revert), then sync the registry."""
-    from ct_pipeline.pipeline import publisher_for, step_sync
+    from ct_pipeline.steps.sync import sync as sync_step
 
-    settings = _settings()
-    spec = _spec(settings, model)
-    try:
-        commit = publisher_for(spec, settings).revert_last_promotion(spec.name, spec.gitops.environment)
-    except Exception as exc:
-        _fail(str(exc))
-    console.print(f"reverted the last promotion of {spec.name}: {commit[:10]}")
-    console.print(step_sync(spec, settings))
-
-
-def _desired(settings: Settings, specs):
-    from ct_pipeline.gitops import deployed_model
-    from ct_pipeline.pipeline import publisher_for
-
-    return [d for spec in specs if (d := deployed_model(publisher_for(spec, settings), spec)) is not None]
+    state = _state()
+    ctx = state.context(_spec(state.settings, model))
+    commit = ctx.publisher.revert_last_promotion(ctx.spec.name, ctx.spec.gitops.environment)
+    console.print(f"reverted the last promotion of {ctx.spec.name}: {commit[:10]}")
+    console.print(sync_step(ctx).summary())
 
 
 @app.command()
+@handled
 def reconcile(
     watch: Annotated[bool, typer.Option(help="keep reconciling every --interval seconds")] = False,
     interval: float = 5.0,
 ) -> None:
     """Make the local serving stack match the GitOps base branch (the one-machine stand-in for Flux)."""
-    from ct_pipeline.pipeline import step_sync
-    from ct_pipeline.rollout import reconcile as reconcile_runtime
+    from ct_pipeline.adapters.local_runtime import reconcile as reconcile_runtime
+    from ct_pipeline.adapters.publishers import deployed_model
+    from ct_pipeline.steps.sync import sync as sync_step
 
-    settings = _settings()
-    specs = _all_specs(settings)
+    state = _state()
+    contexts = [state.context(spec) for spec in _all_specs(state.settings)]
     while True:
         try:
-            for spec in specs:
-                step_sync(spec, settings)
-            served = reconcile_runtime(settings, _desired(settings, specs))
-        except Exception as exc:
+            for ctx in contexts:
+                sync_step(ctx)
+            desired = [d for ctx in contexts if (d := deployed_model(ctx.publisher, ctx.spec)) is not None]
+            served = reconcile_runtime(state.settings, desired)
+        except CtPipelineError as exc:
             if not watch:
-                _fail(str(exc))
+                raise
             err.print(f"[red]reconcile failed:[/] {exc}")
             served = []
-        for state in served:
-            console.print(_served_line(state))
+        for served_state in served:
+            console.print(_served_line(served_state))
         if not served:
             console.print("nothing deployed yet: merge a promotion first")
         if not watch:
@@ -310,20 +352,19 @@ def _served_line(state) -> str:
 
 
 @app.command()
+@handled
 def status(model: str) -> None:
     """What the base branch deploys, what the registry says, and what is served — and any disagreement."""
-    from ct_pipeline.gitops import deployed_model
-    from ct_pipeline.pipeline import publisher_for, registry_for
-    from ct_pipeline.registry import CHALLENGER, CHAMPION
-    from ct_pipeline.rollout import status as served_status
+    from ct_pipeline.adapters.publishers import deployed_model
+    from ct_pipeline.domain.tags import CHALLENGER, CHAMPION
 
-    settings = _settings()
-    spec = _spec(settings, model)
-    deployed = deployed_model(publisher_for(spec, settings), spec)
-    registry = registry_for(settings)
-    champion = registry.get_alias(spec.registered_model_name, CHAMPION)
-    challenger = registry.get_alias(spec.registered_model_name, CHALLENGER)
-    served = next((s for s in served_status(settings) if s.model == spec.name), None)
+    state = _state()
+    ctx = state.context(_spec(state.settings, model))
+    spec = ctx.spec
+    deployed = deployed_model(ctx.publisher, spec)
+    champion = ctx.tracker.get_alias(spec.registered_model_name, CHAMPION)
+    challenger = ctx.tracker.get_alias(spec.registered_model_name, CHALLENGER)
+    served = next((s for s in ctx.runtime.status() if s.model == spec.name), None)
     table = Table("source", "version", "detail")
     table.add_row(
         f"git {spec.gitops.base_branch} ({spec.gitops.environment})",
@@ -348,13 +389,15 @@ def status(model: str) -> None:
 
 
 @app.command()
+@handled
 def history(model: str) -> None:
     """Which version production (the spec's environment) ran when, from Git; rolled-back versions marked."""
-    from ct_pipeline.pipeline import production_history, publisher_for
+    from ct_pipeline.steps.sync import production_history
+    from ct_pipeline.wiring import make_publisher
 
-    settings = _settings()
+    settings = _state().settings
     spec = _spec(settings, model)
-    periods, rolled_back = production_history(publisher_for(spec, settings), spec)
+    periods, rolled_back = production_history(make_publisher(settings, spec), spec)
     if not periods:
         console.print(f"{spec.name}: never promoted in {spec.gitops.environment}")
         return
@@ -369,6 +412,7 @@ def history(model: str) -> None:
 
 
 @app.command()
+@handled
 def predict(
     rows: Annotated[str, typer.Argument(help="JSON list of feature rows, or @file.json")],
     url: Annotated[str | None, typer.Option(help="gateway base URL")] = None,
@@ -376,25 +420,29 @@ def predict(
     """Call the gateway's POST /predict."""
     import httpx
 
-    settings = Settings()
+    settings = _state().settings
     payload = Path(rows[1:]).read_text() if rows.startswith("@") else rows
     try:
         body = {"rows": json.loads(payload)}
     except json.JSONDecodeError as exc:
         _fail(f"rows are not valid JSON: {exc}")
     base = url or f"http://{settings.serving.bind_host}:{settings.serving.gateway_port}"
-    response = httpx.post(f"{base}/predict", json=body, timeout=30)
+    try:
+        response = httpx.post(f"{base}/predict", json=body, timeout=30)
+    except httpx.HTTPError as exc:
+        _fail(f"gateway {base} is not reachable: {exc} (is the stack running? `ctpipe reconcile`)")
     print(json.dumps(response.json(), indent=2))
     if response.status_code >= 400:
         raise typer.Exit(1)
 
 
 @app.command()
+@handled
 def stop() -> None:
     """Stop the local serving stack (model servers and gateway)."""
-    from ct_pipeline.rollout import stop_all
+    from ct_pipeline.adapters.local_runtime import stop_all
 
-    stop_all(Settings())
+    stop_all(_state().settings)
     console.print("local serving stack stopped")
 
 

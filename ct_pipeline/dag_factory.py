@@ -1,4 +1,6 @@
-"""One Airflow DAG per model spec. Tasks only wire steps: each is a thin call into ct_pipeline.pipeline.
+"""One Airflow DAG per model spec, generated from the step table: each step is one task, each step with a halt
+adds a short-circuit task. Tasks only wire steps; records cross XCom as JSON and are validated back into their
+types by the table's ``output`` classes.
 
 Importing this module is cheap (airflow.sdk + the spec loader): the heavy libraries load inside tasks.
 """
@@ -10,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ct_pipeline.domain.spec import ModelSpec, discover_specs, load_spec
+from ct_pipeline.steps import STEPS, Step, step
 
 DAG_PREFIX = "ct_"
 
@@ -29,16 +32,59 @@ def _run_end(context: dict[str, Any], conf_end: str | None):
     return datetime.fromisoformat(end.isoformat())
 
 
+def run_task(spec_file: str, step_name: str, *upstream: dict) -> dict:
+    """The body of every step task: settings and context built once (this is the task's edge), the upstream
+    records validated from XCom JSON, the step run, its record returned as JSON."""
+    from airflow.sdk import get_current_context
+
+    from ct_pipeline.domain.records import RunRequest
+    from ct_pipeline.settings import load_settings
+    from ct_pipeline.wiring import build_context
+
+    context = get_current_context()
+    params = context["params"]
+    request = RunRequest(
+        end=_run_end(context, params.get("end")),
+        window=params.get("window"),
+        force=bool(params.get("force")),
+        reason=params.get("reason"),
+        requested_by=params.get("requested_by") or os.environ.get("USER"),
+    )
+    ctx = build_context(load_spec(spec_file), load_settings(), request)
+    this = step(step_name)
+    inputs = [step(name).output.model_validate(data) for name, data in zip(this.inputs, upstream, strict=True)]
+    record = this.run(ctx, *inputs)
+    print(f"{step_name}: {this.describe(record, ctx.spec)}")
+    return record.to_json_dict()
+
+
+def _task_for(airflow_task: Any, spec_file: str, entry: Step):
+    def run(*upstream: dict) -> dict:
+        return run_task(spec_file, entry.name, *upstream)
+
+    run.__name__ = entry.name
+    run.__doc__ = (entry.run.__doc__ or "").strip() or f"the {entry.name} step"
+    return airflow_task(task_id=entry.name)(run)
+
+
+def _halt_for(airflow_task: Any, entry: Step):
+    assert entry.halt is not None
+    halt = entry.halt
+
+    def proceed(record: dict) -> bool:
+        # A halt is a normal outcome: downstream tasks are skipped, the run still succeeds.
+        return halt.proceed(entry.output.model_validate(record))
+
+    proceed.__name__ = halt.task_id
+    return airflow_task.short_circuit(task_id=halt.task_id)(proceed)
+
+
 def build_dag(spec_path: Path):
-    from airflow.sdk import Param, dag, get_current_context, task
+    from airflow.sdk import Param, dag, task
 
     spec = load_spec(spec_path)
     spec_file = str(spec_path.resolve())
-
-    def context_objects():
-        from ct_pipeline.settings import Settings
-
-        return load_spec(spec_file), Settings()
+    loop = " -> ".join(s.name for s in STEPS)
 
     @dag(
         dag_id=dag_id_for(spec),
@@ -57,79 +103,23 @@ def build_dag(spec_path: Path):
             "reason": Param(None, type=["null", "string"], description="required with force"),
             "requested_by": Param(None, type=["null", "string"]),
         },
-        doc_md=f"Continuous training for **{spec.name}** (spec `{spec_path.name}`): sync -> pull -> train -> gate -> "
-        'package -> promote. Trigger with conf `{"window": "14d", "force": true, "reason": "..."}`.',
+        doc_md=f"Continuous training for **{spec.name}** (spec `{spec_path.name}`): {loop}. "
+        'Trigger with conf `{"window": "14d", "force": true, "reason": "..."}`.',
     )
     def ct_dag():
-        @task
-        def sync() -> str:
-            from ct_pipeline.pipeline import step_sync
-
-            return step_sync(*context_objects())
-
-        @task
-        def pull(_synced: str) -> dict:
-            from ct_pipeline.pipeline import step_pull
-
-            context = get_current_context()
-            params = context["params"]
-            spec, settings = context_objects()
-            return step_pull(spec, settings, _run_end(context, params.get("end")), params.get("window")).to_json_dict()
-
-        @task
-        def train(snapshot: dict) -> dict:
-            from ct_pipeline.domain.records import WindowSnapshot
-            from ct_pipeline.pipeline import step_train
-
-            spec, settings = context_objects()
-            return step_train(spec, settings, WindowSnapshot.model_validate(snapshot)).to_json_dict()
-
-        @task
-        def gate(trained: dict) -> dict:
-            from ct_pipeline.domain.records import TrainResult
-            from ct_pipeline.pipeline import step_gate
-
-            params = get_current_context()["params"]
-            spec, settings = context_objects()
-            decision = step_gate(
-                spec,
-                settings,
-                TrainResult.model_validate(trained),
-                force=bool(params.get("force")),
-                force_reason=params.get("reason"),
-                forced_by=params.get("requested_by") or os.environ.get("USER"),
-            )
-            print(("PROMOTE: " if decision.promote else "NOT PROMOTED: ") + decision.reason)
-            return decision.to_json_dict()
-
-        @task.short_circuit
-        def promote_wanted(decision: dict) -> bool:
-            # "Not promoted" is a normal outcome: downstream tasks are skipped, the run still succeeds.
-            return bool(decision["promote"])
-
-        @task
-        def package(decision: dict) -> dict:
-            from ct_pipeline.domain.records import GateDecision
-            from ct_pipeline.pipeline import step_package
-
-            spec, settings = context_objects()
-            return step_package(spec, settings, GateDecision.model_validate(decision)).to_json_dict()
-
-        @task
-        def promote(decision: dict, bento: dict) -> dict:
-            from ct_pipeline.domain.records import BentoRef, GateDecision
-            from ct_pipeline.pipeline import step_promote
-
-            spec, settings = context_objects()
-            record = step_promote(spec, settings, GateDecision.model_validate(decision), BentoRef.model_validate(bento))
-            print(f"promotion {record.id} on branch {record.branch}: {record.title}")
-            return record.to_json_dict()
-
-        decision = gate(train(pull(sync())))
-        wanted = promote_wanted(decision)
-        bento = package(decision)
-        wanted >> bento
-        promote(decision, bento)
+        outputs: dict[str, Any] = {}
+        previous: Any = None
+        pending_halt: Any = None  # a short-circuit gates the next step; skipping then cascades downstream
+        for entry in STEPS:
+            produced = _task_for(task, spec_file, entry)(*(outputs[name] for name in entry.inputs))
+            if not entry.inputs and previous is not None:
+                previous >> produced  # a step without inputs still runs in loop order
+            if pending_halt is not None:
+                pending_halt >> produced
+                pending_halt = None
+            if entry.halt is not None:
+                pending_halt = _halt_for(task, entry)(produced)
+            outputs[entry.name] = previous = produced
 
     return ct_dag()
 

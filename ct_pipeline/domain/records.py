@@ -15,6 +15,26 @@ class Record(BaseModel):
         return self.model_dump(mode="json")
 
 
+class RunRequest(Record):
+    """What one run of the loop was asked to do (DAG conf / CLI options), decided before any step runs."""
+
+    end: datetime = Field(description="End of the data window (exclusive); the run's logical date")
+    window: str | None = Field(default=None, description="Override of the spec's window, e.g. 14d")
+    force: bool = False
+    reason: str | None = Field(default=None, description="Why, with force (recorded with the promotion)")
+    requested_by: str | None = None
+
+
+class SyncResult(Record):
+    """What the sync step changed so the registry follows Git (one line each)."""
+
+    model: str
+    lines: list[str]
+
+    def summary(self) -> str:
+        return "\n".join(self.lines)
+
+
 class WindowSnapshot(Record):
     """The recent data window, frozen to a file so every later step sees exactly the same rows."""
 
@@ -159,6 +179,40 @@ class DeployedModel(Record):
     image_tag: str | None = None
     image_digest: str | None = None
     commit: str | None = Field(default=None, description="Commit of the base branch the manifest was read at")
+
+
+class ProcessInfo(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    pid: int
+    port: int
+    url: str
+    log: str
+    started_at: datetime
+    alive: bool | None = Field(default=None, description="Filled in by status()")
+
+
+class ServedState(BaseModel):
+    """What is served for one model (also the per-model entry of state.json)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    environment: str | None = None
+    version: str
+    run_id: str | None = None
+    data_hash: str | None = None
+    bento_tag: str
+    model_server: ProcessInfo
+    gateway: ProcessInfo | None = None
+    started_at: datetime
+    action: Literal["started", "switched", "unchanged", "repaired", "status", "stopped"] = "status"
+    healthy: bool | None = None
+    message: str = ""
+
+    @property
+    def gateway_url(self) -> str | None:
+        return self.gateway.url if self.gateway else None
 
 
 SCHEMAS = {"gate-decision": GateDecision, "promotion-record": PromotionRecord}

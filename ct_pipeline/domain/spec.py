@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ct_pipeline.domain.common import Strict, TaskType
 from ct_pipeline.errors import SpecError
+from ct_pipeline.families import candidate_union
 
 _WINDOW_RE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _WINDOW_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -28,16 +29,6 @@ def parse_window(text: str) -> timedelta:
     if amount <= 0:
         raise ValueError(f"window must be positive, got {text!r}")
     return timedelta(**{_WINDOW_UNITS[unit]: amount})
-
-
-class Strict(BaseModel):
-    # Unknown keys are typos until proven otherwise: fail fast and name them.
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class TaskType(StrEnum):
-    binary_classification = "binary_classification"
-    regression = "regression"
 
 
 class ParquetSource(Strict):
@@ -88,29 +79,8 @@ class DataSpec(Strict):
         return parse_window(self.window)
 
 
-class LightGBMCandidate(Strict):
-    name: str = Field(pattern=r"^[a-z0-9_-]+$")
-    kind: Literal["lightgbm"]
-    params: dict[str, Any] = Field(default_factory=dict)
-
-
-class SklearnCandidate(Strict):
-    name: str = Field(pattern=r"^[a-z0-9_-]+$")
-    kind: Literal["sklearn"]
-    estimator: str = Field(
-        pattern=r"^sklearn\.[\w.]+\.\w+$", description="e.g. sklearn.linear_model.LogisticRegression"
-    )
-    params: dict[str, Any] = Field(default_factory=dict)
-
-
-class FunctionCandidate(Strict):
-    name: str = Field(pattern=r"^[a-z0-9_-]+$")
-    kind: Literal["function"]
-    function: str = Field(pattern=r"^[\w.]+:\w+$", description="module:function, train(train_df, params) -> model")
-    params: dict[str, Any] = Field(default_factory=dict)
-
-
-Candidate = Annotated[LightGBMCandidate | SklearnCandidate | FunctionCandidate, Field(discriminator="kind")]
+# The candidate kinds come from the model families (ct_pipeline.families): one module per family.
+Candidate = candidate_union()
 
 _METRICS = {
     TaskType.binary_classification: {"roc_auc": "maximize", "average_precision": "maximize", "log_loss": "minimize"},

@@ -28,16 +28,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
 
-from ct_pipeline.domain.records import DeployedModel
+from ct_pipeline.domain.records import DeployedModel, ProcessInfo, ServedState
+from ct_pipeline.ports import Runtime
 from ct_pipeline.errors import RolloutError
 from ct_pipeline.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 NOTHING_DEPLOYED = "nothing deployed yet"
-SERVING_DIR = Path(os.environ.get("CTPIPE_SERVING_DIR") or Path(__file__).resolve().parents[1] / "serving")
 
 MODEL_SERVER_READY_TIMEOUT = 180.0
 GATEWAY_READY_TIMEOUT = 60.0
@@ -45,57 +44,6 @@ STOP_GRACE = 0.5  # after the gateway drained, before SIGTERM to the old model s
 STOP_TIMEOUT = 30.0  # SIGTERM -> SIGKILL
 
 
-
-
-class ProcessInfo(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    pid: int
-    port: int
-    url: str
-    log: str
-    started_at: datetime
-    alive: bool | None = Field(default=None, description="Filled in by status()")
-
-
-class ServedState(BaseModel):
-    """What is served for one model (also the per-model entry of state.json)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    model: str
-    environment: str | None = None
-    version: str
-    run_id: str | None = None
-    data_hash: str | None = None
-    bento_tag: str
-    model_server: ProcessInfo
-    gateway: ProcessInfo | None = None
-    started_at: datetime
-    action: Literal["started", "switched", "unchanged", "repaired", "status", "stopped"] = "status"
-    healthy: bool | None = None
-    message: str = ""
-
-    @property
-    def gateway_url(self) -> str | None:
-        return self.gateway.url if self.gateway else None
-
-
-@runtime_checkable
-class Runtime(Protocol):
-    """Something that can serve desired models: the local processes here, Kubernetes in production."""
-
-    def apply(self, desired: DeployedModel) -> ServedState:
-        """Make ``desired`` the served version of its model (no-op when it already is)."""
-        ...
-
-    def status(self) -> list[ServedState]:
-        """What is served now, with liveness."""
-        ...
-
-    def stop(self, model: str | None = None) -> list[ServedState]:
-        """Stop one model (or all); returns what was stopped."""
-        ...
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -264,8 +212,8 @@ def _http_ok(url: str, timeout: float = 2.0) -> bool:
 
 
 def bento_store_home(settings: Settings) -> Path:
-    """An explicit BENTOML_HOME wins over the settings, as in configure_environment."""
-    return Path(os.environ.get("BENTOML_HOME") or settings.paths.bento_home).expanduser().resolve()
+    """The store the package step built into (CTPIPE_BENTOML_HOME / BENTOML_HOME, default HOME/bentoml)."""
+    return settings.paths.bento_home
 
 
 def _bento_dir(settings: Settings, tag: str) -> Path | None:
@@ -299,7 +247,7 @@ def resolve_bento(settings: Settings, desired: DeployedModel) -> str:
             )
         return f"{path.parent.name}:{path.name}"
     # No tag in the manifest: the newest local bento labelled with this model + version.
-    from ct_pipeline.package import bento_model_name, sanitize_label
+    from ct_pipeline.adapters.bento import bento_model_name, sanitize_label
 
     candidates = []
     base = store / bento_model_name(desired.model)
@@ -416,8 +364,7 @@ class LocalRuntime:
             # The model service's own defaults (BentoML adaptive batching on, CT_* settings) unless the
             # environment says otherwise: the gateway's batches and other callers' requests are merged there.
             **os.environ,
-            "BENTOML_HOME": str(bento_store_home(self.settings)),
-            "BENTOML_DO_NOT_TRACK": "true",
+            **self.settings.child_env(),
         }
         cmd = [sys.executable, "-m", "bentoml", "serve", bento_tag, "--host", self.host, "--port", str(port)]
         proc = self._spawn(cmd, env, log)
@@ -461,7 +408,7 @@ class LocalRuntime:
             "CT_GATEWAY_ADMIN_TOKEN": token,
         }
         cmd = [
-            sys.executable, "-m", "uvicorn", self.GATEWAY_MARK, "--app-dir", str(SERVING_DIR),
+            sys.executable, "-m", "uvicorn", self.GATEWAY_MARK, "--app-dir", str(self.settings.paths.serving_root),
             "--host", self.host, "--port", str(port), "--no-access-log", "--timeout-graceful-shutdown", "10",
         ]  # fmt: skip
         proc = self._spawn(cmd, env, log)

@@ -1,10 +1,10 @@
-"""Package a gated model version as a Bento: import it from MLflow, build it with the serving code.
+"""The BentoML adapter: a gated model version packaged as a Bento (imported from MLflow, built with the serving
+code), and the store it lives in.
 
-``build_bento(spec, decision, settings)`` is idempotent: a bento already labelled with the same model,
-registered version and MLflow run id is returned instead of being rebuilt.
-
-BentoML reads ``BENTOML_HOME`` when first imported, so bentoml/mlflow are imported lazily inside the
-functions, after :func:`ct_pipeline.settings.configure_environment`.
+:meth:`BentoMLStore.build` is idempotent: a bento already labelled with the same model, registered version and
+MLflow run id is returned instead of being rebuilt. BentoML binds its store once per process; this adapter binds
+it to ``settings.paths.bento_home`` through BentoML's own container (no environment variable is changed), and
+builds in a fresh subprocess when this process is already bound to another store.
 """
 
 from __future__ import annotations
@@ -19,16 +19,18 @@ import tempfile
 from datetime import UTC, datetime
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ct_pipeline.domain.records import BentoRef, GateDecision
 from ct_pipeline.domain.spec import ModelSpec
 from ct_pipeline.errors import PackageError
-from ct_pipeline.settings import Settings, configure_environment
+from ct_pipeline.errors import RegistryError
+from ct_pipeline.settings import Settings
 
-# serving/ is a deployable of its own, next to the package in the repo (CTPIPE_SERVING_DIR overrides).
-SERVING_DIR = Path(os.environ.get("CTPIPE_SERVING_DIR") or Path(__file__).resolve().parents[1] / "serving")
-SERVICE_SOURCE = SERVING_DIR / "model_service" / "service.py"
+if TYPE_CHECKING:
+    from ct_pipeline.ports import Tracker as MlflowTracker
+
+SERVICE_FILE = Path("model_service") / "service.py"  # under settings.paths.serving_root
 SERVICE_MODULE = "service"
 SERVICE_CLASS = "CTModelService"
 SERVICE_IMPORT = f"{SERVICE_MODULE}:{SERVICE_CLASS}"
@@ -139,21 +141,9 @@ def _bento_ref(bento, data_hash: str) -> BentoRef:
     )
 
 
-def _check_model_version(spec: ModelSpec, version: str):
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    name = spec.registered_model_name
-    try:
-        return MlflowClient().get_model_version(name, str(version))
-    except MlflowException as exc:
-        raise PackageError(
-            f"registered model {name!r} version {version!r} not found in the MLflow registry "
-            f"({MlflowClient().tracking_uri}): {getattr(exc, 'message', exc)}"
-        ) from None
 
 
-def _import_bento_model(spec: ModelSpec, version: str, run_id: str, data_hash: str, model_uri: str):
+def _import_bento_model(spec: ModelSpec, version: str, run_id: str, data_hash: str, model_uri: str, local: Path):
     import bentoml
     from bentoml.exceptions import NotFound
 
@@ -169,7 +159,7 @@ def _import_bento_model(spec: ModelSpec, version: str, run_id: str, data_hash: s
     try:
         return bentoml.mlflow.import_model(
             tag,
-            model_uri,
+            str(local),
             signatures={"predict": {"batchable": True, "batch_dim": 0}},
             labels=_lineage_labels(spec, version, run_id, data_hash),
             metadata={"model_uri": model_uri, "run_id": run_id, "data_hash": data_hash, "version": version},
@@ -178,53 +168,15 @@ def _import_bento_model(spec: ModelSpec, version: str, run_id: str, data_hash: s
         raise PackageError(f"could not import {model_uri} (run {run_id}) into BentoML: {exc}") from exc
 
 
-def bento_home(settings: Settings) -> Path:
-    """The bento store in use: an explicit BENTOML_HOME wins over the settings (as in configure_environment)."""
-    return Path(os.environ.get("BENTOML_HOME") or settings.paths.bento_home).expanduser().resolve()
 
 
-def _bound_bento_home() -> Path | None:
-    """The store bentoml is bound to in this process (None if bentoml has not been imported yet)."""
-    if "bentoml" not in sys.modules:
-        return None
-    from bentoml._internal.configuration.containers import BentoMLContainer
-
-    return Path(BentoMLContainer.bentoml_home.get()).expanduser().resolve()
 
 
-def build_bento(spec: ModelSpec, decision: GateDecision, settings: Settings) -> BentoRef:
-    """Import the challenger version from MLflow and build a bento serving it (idempotent).
-
-    BentoML binds its store when first used in a process; if this process is already bound to another
-    store than the settings ask for, the build runs in a fresh subprocess instead.
-    """
-    configure_environment(settings)
-    bound = _bound_bento_home()
-    if bound is not None and bound != bento_home(settings):
-        return _build_in_subprocess(spec, decision, settings)
-    return _build(spec, decision, settings)
 
 
-def _build_in_subprocess(spec: ModelSpec, decision: GateDecision, settings: Settings) -> BentoRef:
-    payload = json.dumps(
-        {
-            "spec": spec.model_dump(mode="json"),
-            "decision": decision.to_json_dict(),
-            "settings": settings.model_dump(mode="json", exclude_none=True),
-        }
-    )
-    env = {**os.environ, "BENTOML_HOME": str(bento_home(settings))}
-    env.setdefault("MLFLOW_TRACKING_URI", settings.tracking_uri)
-    proc = subprocess.run(
-        [sys.executable, "-m", "ct_pipeline.package"], input=payload, capture_output=True, text=True, env=env
-    )
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-        raise PackageError(f"bento build subprocess failed (exit {proc.returncode}):\n{tail}")
-    return BentoRef.model_validate_json(proc.stdout.strip().splitlines()[-1])
 
 
-def _build(spec: ModelSpec, decision: GateDecision, settings: Settings) -> BentoRef:
+def _build(spec: ModelSpec, decision: GateDecision, settings: Settings, tracker: MlflowTracker) -> BentoRef:
     import bentoml
 
     if decision.model != spec.name:
@@ -233,18 +185,26 @@ def _build(spec: ModelSpec, decision: GateDecision, settings: Settings) -> Bento
     data_hash = decision.snapshot.content_hash
     model_uri = f"models:/{spec.registered_model_name}/{version}"
 
-    mv = _check_model_version(spec, version)
-    run_id = mv.run_id or decision.challenger.run_id
-    if decision.challenger.run_id and mv.run_id and decision.challenger.run_id != mv.run_id:
+    try:
+        logged_by = tracker.model_version_run(spec.registered_model_name, version)
+    except RegistryError as exc:
+        raise PackageError(str(exc)) from None
+    run_id = logged_by or decision.challenger.run_id
+    if decision.challenger.run_id and logged_by and decision.challenger.run_id != logged_by:
         raise PackageError(
-            f"{model_uri} was logged by run {mv.run_id}, but the gate decision names run {decision.challenger.run_id}"
+            f"{model_uri} was logged by run {logged_by}, but the gate decision names run {decision.challenger.run_id}"
         )
 
     existing = find_bento(spec.name, version, run_id)
     if existing is not None:
         return _bento_ref(existing, data_hash)
 
-    bento_model = _import_bento_model(spec, version, run_id, data_hash, model_uri)
+    with tempfile.TemporaryDirectory(prefix=f"mlflow-{spec.name}-") as download:
+        try:
+            local = tracker.download_model(spec.registered_model_name, version, Path(download))
+        except RegistryError as exc:
+            raise PackageError(str(exc)) from None
+        bento_model = _import_bento_model(spec, version, run_id, data_hash, model_uri, local)
     features = list(spec.data.features)
     dtypes = _feature_dtypes(Path(bento_model.path_of("mlflow_model")), features, model_uri)
     labels = _lineage_labels(spec, version, run_id, data_hash)
@@ -262,12 +222,13 @@ def _build(spec: ModelSpec, decision: GateDecision, settings: Settings) -> Bento
         "labels": labels,
         "built_at": datetime.now(UTC).isoformat(),
     }
-    if not SERVICE_SOURCE.is_file():
-        raise PackageError(f"serving code not found: {SERVICE_SOURCE}")
+    service_source = settings.paths.serving_root / SERVICE_FILE
+    if not service_source.is_file():
+        raise PackageError(f"serving code not found: {service_source}")
 
     with tempfile.TemporaryDirectory(prefix=f"bento-{spec.name}-") as tmp:
         ctx = Path(tmp)
-        shutil.copy2(SERVICE_SOURCE, ctx / "service.py")
+        shutil.copy2(service_source, ctx / "service.py")
         (ctx / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         description = (
             f"# {spec.name} v{version}\n\n{spec.description}\n\n"
@@ -295,13 +256,63 @@ def _build(spec: ModelSpec, decision: GateDecision, settings: Settings) -> Bento
     return _bento_ref(bento, data_hash)
 
 
+
+
+def _bind_store(home: Path) -> Path:
+    """Bind this process's bentoml to ``home`` unless it already uses a store; return the store it uses."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from simple_di.providers import _SentinelClass
+
+    provider = BentoMLContainer.bentoml_home
+    if not (isinstance(provider._override, _SentinelClass) and isinstance(provider._cache, _SentinelClass)):
+        return Path(provider.get()).expanduser().resolve()
+    for sub in ("", "bentos", "models", "envs", "tmp"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    provider.set(str(home))
+    return home
+
+
+class BentoMLStore:
+    """:class:`~ct_pipeline.ports.BentoStore` on the local BentoML store at ``settings.paths.bento_home``."""
+
+    def __init__(self, settings: Settings, tracker: MlflowTracker) -> None:
+        self.settings, self.tracker = settings, tracker
+        self.home = settings.paths.bento_home
+
+    def build(self, spec: ModelSpec, decision: GateDecision) -> BentoRef:
+        bound = _bind_store(self.home)
+        if bound != self.home:
+            return self._build_in_subprocess(spec, decision)
+        return _build(spec, decision, self.settings, self.tracker)
+
+    def path_of(self, bento_tag: str) -> Path | None:
+        name, _, version = bento_tag.partition(":")
+        path = self.home / "bentos" / name / version
+        return path if (path / "bento.yaml").is_file() else None
+
+    def _build_in_subprocess(self, spec: ModelSpec, decision: GateDecision) -> BentoRef:
+        payload = json.dumps({"spec": spec.model_dump(mode="json"), "decision": decision.to_json_dict()})
+        env = {**os.environ, **self.settings.child_env()}  # the child reads the same settings from its environment
+        proc = subprocess.run(
+            [sys.executable, "-m", "ct_pipeline.adapters.bento"], input=payload, capture_output=True, text=True, env=env
+        )
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+            raise PackageError(f"bento build subprocess failed (exit {proc.returncode}):\n{tail}")
+        return BentoRef.model_validate_json(proc.stdout.strip().splitlines()[-1])
+
+
 def _main() -> None:
-    """``python -m ct_pipeline.package`` < {"spec", "decision", "settings"} JSON: build, print the BentoRef."""
+    """``python -m ct_pipeline.adapters.bento`` < {"spec", "decision"} JSON: build, print the BentoRef."""
+    from ct_pipeline.adapters.mlflow import MlflowTracker
     from ct_pipeline.domain.spec import parse_spec
+    from ct_pipeline.settings import load_settings
 
     data = json.loads(sys.stdin.read())
-    settings = Settings(**data["settings"])
-    ref = _build(parse_spec(data["spec"]), GateDecision.model_validate(data["decision"]), settings)
+    settings = load_settings()
+    _bind_store(settings.paths.bento_home)
+    tracker = MlflowTracker(settings.tracking_uri, settings.registry_uri)
+    ref = _build(parse_spec(data["spec"]), GateDecision.model_validate(data["decision"]), settings, tracker)
     print(ref.model_dump_json())
 
 

@@ -1,0 +1,131 @@
+"""The loop's steps, in loop order, and the one table that drives run_pipeline, the Airflow DAG and the CLI.
+
+Each step is a plain function ``run(ctx, *inputs) -> Record``: ``ctx`` is the run's
+:class:`~ct_pipeline.context.StepContext`, ``inputs`` are the records of the steps it names. A step with a
+``halt`` ends the run early when its record says so (the gate's "no" is a normal outcome: "not promoted"), and
+in Airflow that is a short-circuit task whose downstream tasks are skipped. Adding a step (monitor, verify,
+score) is one more entry in :data:`STEPS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ct_pipeline.domain.records import (
+    BentoRef,
+    GateDecision,
+    PromotionRecord,
+    Record,
+    SyncResult,
+    TrainResult,
+    WindowSnapshot,
+)
+
+
+@dataclass(frozen=True)
+class Halt:
+    """Where a run may stop: ``proceed(record)`` False ends it after this step, with ``reason(record)``."""
+
+    task_id: str  # the Airflow short-circuit task
+    proceed: Callable[[Any], bool]
+    reason: Callable[[Any], str]
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    run: Callable[..., Record]
+    output: type[Record]
+    summary: Callable[..., str]  # summary(record) or summary(record, spec): one line for logs and progress
+    inputs: tuple[str, ...] = ()  # earlier steps whose records this one takes, in order
+    halt: Halt | None = None
+
+    def describe(self, record: Any, spec: Any) -> str:
+        import inspect
+
+        takes_spec = len(inspect.signature(self.summary).parameters) > 1
+        return self.summary(record, spec) if takes_spec else self.summary(record)
+
+
+def _sync(ctx: Any) -> SyncResult:
+    from ct_pipeline.steps.sync import sync
+
+    return sync(ctx)
+
+
+def _pull(ctx: Any) -> WindowSnapshot:
+    from ct_pipeline.steps.pull import pull
+
+    return pull(ctx)
+
+
+def _train(ctx: Any, snapshot: WindowSnapshot) -> TrainResult:
+    from ct_pipeline.steps.train import train
+
+    return train(ctx, snapshot)
+
+
+def _gate(ctx: Any, trained: TrainResult) -> GateDecision:
+    from ct_pipeline.steps.gate import gate
+
+    return gate(ctx, trained)
+
+
+def _package(ctx: Any, decision: GateDecision) -> BentoRef:
+    from ct_pipeline.steps.package import package
+
+    return package(ctx, decision)
+
+
+def _promote(ctx: Any, decision: GateDecision, bento: BentoRef) -> PromotionRecord:
+    from ct_pipeline.steps.promote import promote
+
+    return promote(ctx, decision, bento)
+
+
+def _pull_summary(s: WindowSnapshot) -> str:
+    return f"{s.rows} rows in [{s.start:%Y-%m-%d %H:%M}, {s.end:%Y-%m-%d %H:%M}) {s.content_hash[:19]}"
+
+
+def _train_summary(t: TrainResult, spec: Any) -> str:
+    return ", ".join(f"{c.name} v{c.version} {spec.metric.name}={c.primary_metric:.4f}" for c in t.candidates)
+
+
+def _package_summary(b: BentoRef) -> str:
+    image = f", image {b.image_repository}:{b.image_tag}@{b.image_digest}" if b.image_digest else ""
+    return f"bento {b.bento_tag}{image}"
+
+
+# The step functions import their heavy libraries when called, so importing this table is cheap (DAG files).
+STEPS: tuple[Step, ...] = (
+    Step("sync", _sync, SyncResult, lambda r: r.summary()),
+    Step("pull", _pull, WindowSnapshot, _pull_summary),
+    Step("train", _train, TrainResult, _train_summary, inputs=("pull",)),
+    Step(
+        "gate",
+        _gate,
+        GateDecision,
+        lambda d: ("PROMOTE: " if d.promote else "NOT PROMOTED: ") + d.reason,
+        inputs=("train",),
+        halt=Halt("promote_wanted", proceed=lambda d: bool(d.promote), reason=lambda d: d.reason),
+    ),
+    Step("package", _package, BentoRef, _package_summary, inputs=("gate",)),
+    Step(
+        "promote",
+        _promote,
+        PromotionRecord,
+        lambda p: f"branch {p.branch}: {p.title}",
+        inputs=("gate", "package"),
+    ),
+)
+
+STEP_NAMES: tuple[str, ...] = tuple(s.name for s in STEPS)
+
+
+def step(name: str) -> Step:
+    for s in STEPS:
+        if s.name == name:
+            return s
+    raise KeyError(f"no step {name!r} (steps: {', '.join(STEP_NAMES)})")
