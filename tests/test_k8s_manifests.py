@@ -1,6 +1,10 @@
 """The GitOps seed (gitops/) and the ct-serving chart (charts/ct-serving), checked offline.
 
 What runs here (no cluster, no helm binary):
+- the seed renders as committed: `kubectl kustomize` of every environment under gitops/apps (discovered) and of
+  its cluster entry point succeeds and every object validates; each committed values file is exactly what
+  `render_initial_values` writes for the demo spec in that environment, and all environments share one key
+  structure (only the values differ);
 - the GitOps repository is materialized the way `ctpipe gitops init` does it (seed + one values file per
   model spec), then `kubectl kustomize` renders every cluster, infrastructure and apps overlay and every
   path a Flux Kustomization points at;
@@ -41,11 +45,11 @@ import jsonschema
 import pytest
 from ruamel.yaml import YAML
 
-from ct_pipeline.domain.manifest import bump, read_deployed
+from ct_pipeline.domain.manifest import bump, read_deployed, render_initial_values
 from ct_pipeline.domain.records import BentoRef
 from ct_pipeline.domain.spec import discover_specs, load_spec
 from ct_pipeline.gitops import init_local_remote
-from ct_pipeline.settings import Settings, load_settings
+from ct_pipeline.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "ct-serving"
@@ -54,7 +58,8 @@ SEED = REPO / "gitops"
 _CRD_DIRS = (os.environ.get("CTPIPE_FLUX_CRDS", ""), REPO.parent / "shared" / "flux-crds", "/work/shared/flux-crds")
 FLUX_CRDS = next((Path(p) for p in _CRD_DIRS if p and Path(p).is_dir()), None)
 K8S_VERSION = "1.32.0"
-ENVIRONMENTS = ("staging", "production")
+# Every environment of the seed: each folder under gitops/apps but base (an environment is added by adding one).
+ENVIRONMENTS = tuple(sorted(p.name for p in (SEED / "apps").iterdir() if p.is_dir() and p.name != "base"))
 DIGEST = "sha256:" + "ab" * 32
 
 
@@ -169,6 +174,71 @@ def validate_object(obj: dict) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------- kustomize
+
+
+def test_the_seed_environments_are_discovered():
+    assert {"staging", "production"} <= set(ENVIRONMENTS)
+    clusters = {p.name for p in (SEED / "clusters").iterdir() if p.is_dir()}
+    assert clusters == set(ENVIRONMENTS), "every environment needs clusters/<env> and apps/<env>"
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_the_committed_seed_renders_and_validates(env):
+    """gitops/ as committed (no `ctpipe init` step) renders for every environment and every object validates."""
+    assert FLUX_CRDS is not None, f"the Flux CRD schemas (shared/flux-crds) are required; looked in {_CRD_DIRS}"
+    out = rendered(SEED, env)
+    assert {f"clusters/{env}", f"infrastructure/{env}", f"apps/{env}"} <= set(out)
+    assert [p for objs in out.values() for obj in objs for p in validate_object(obj)] == []
+    assert [o for o in out[f"apps/{env}"] if o["kind"] == "HelmRelease"], f"apps/{env} has no release"
+
+
+def _seed_values() -> dict[tuple[str, str], Path]:
+    """(environment, model) -> committed values file, for every model folder of every environment."""
+    return {
+        (env, model.name): model / "values.yaml"
+        for env in ENVIRONMENTS
+        for model in sorted((SEED / "apps" / env).iterdir())
+        if model.is_dir()
+    }
+
+
+def test_committed_values_are_what_render_initial_values_writes(specs):
+    """The seed's values files are hand-reviewed, and `ctpipe init` writes render_initial_values for a model
+    that has none: the two are one text per environment, so they cannot drift."""
+    by_name = {s.name: s for s in specs}
+    seeded = _seed_values()
+    assert {env for env, _ in seeded} == set(ENVIRONMENTS)
+    for (env, model), path in seeded.items():
+        assert model in by_name, f"{path}: no model spec models/{model}.yaml"
+        spec = by_name[model]
+        spec = spec.model_copy(update={"gitops": spec.gitops.model_copy(update={"environment": env})})
+        assert spec.manifest_path == f"apps/{env}/{model}/values.yaml"
+        assert path.is_file(), f"{path} is not committed"
+        assert path.read_text() == render_initial_values(spec), f"{path} differs from render_initial_values"
+
+
+def _key_paths(node, prefix: str = "") -> list[str]:
+    if not isinstance(node, dict):
+        return []
+    return [p for key, value in node.items() for p in (prefix + key, *_key_paths(value, f"{prefix}{key}."))]
+
+
+def test_environments_share_one_values_structure():
+    """Staging, production (and any other environment) differ in values only: same keys in the same order, same
+    image-automation markers."""
+    seeded = _seed_values()
+    for model in sorted({m for _, m in seeded}):
+        files = {env: path.read_text() for (env, m), path in sorted(seeded.items()) if m == model}
+        structure = {env: _key_paths(yaml_load(text)) for env, text in files.items()}
+        markers = {env: re.findall(r'\{"\$imagepolicy": "[^"]+"\}', text) for env, text in files.items()}
+        first = next(iter(files))
+        assert {"modelServer.replicas", "modelServer.resources.requests.cpu", "gateway.image.tag"} <= set(
+            structure[first]
+        )
+        assert markers[first], f"{model} in {first}: no $imagepolicy marker"
+        for env in files:
+            assert structure[env] == structure[first], (model, env, first)
+            assert markers[env] == markers[first], (model, env, first)
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 
 import pytest
 from ruamel.yaml import YAML
@@ -64,8 +65,24 @@ def test_initial_values_shape_and_nothing_deployed():
     data = safe_load(text)
     assert data["model"] == {"name": "fraud-detector", "version": "", "runId": "", "bentoTag": "", "dataHash": ""}
     assert data["image"] == {"repository": "", "tag": "", "digest": ""}
-    assert data["modelServer"] == {"replicas": 2} and data["gateway"] == {"replicas": 2}
+    assert data["modelServer"]["replicas"] == 2 and data["gateway"]["replicas"] == 2
     assert read_deployed(text, spec) is None
+
+
+def test_initial_values_differ_between_environments_only_in_values():
+    staging, production = (render_initial_values(make_spec(environment=env)) for env in ("staging", "production"))
+
+    def skeleton(text: str, env: str) -> list[str]:  # keys, comments and markers; values blanked
+        return [re.sub(r":[^#]*", ": ", line) for line in text.replace(env, "<env>").splitlines()]
+
+    assert skeleton(staging, "staging") == skeleton(production, "production")
+    assert safe_load(production)["modelServer"]["replicas"] == 3
+    assert staging.count('"$imagepolicy"') == production.count('"$imagepolicy"') == 2
+    assert "infrastructure/production" in production and "flux/image-updates-production" in production
+    # an environment without settings of its own starts with staging's
+    dev = render_initial_values(make_spec(environment="dev"))
+    assert dev.startswith("# ct-serving values: fraud-detector in dev.\n")
+    assert safe_load(dev)["modelServer"] == safe_load(staging)["modelServer"]
 
 
 @pytest.mark.parametrize("name", ["yes", "123", "1e3", "null", "on"])
@@ -152,7 +169,7 @@ def test_bump_adds_missing_keys_and_keeps_comments():
     assert data["model"]["dataHash"] == "sha256:" + "d" * 64
     assert data["image"]["digest"] == "sha256:" + "e" * 64
     assert MARKER in new and new.startswith("# ct-serving values: fraud-detector in staging.\n")
-    assert data["modelServer"] == {"replicas": 2}
+    assert data["modelServer"] == safe_load(render_initial_values(make_spec()))["modelServer"]
 
 
 def test_bump_then_bump_again_is_stable():

@@ -35,8 +35,10 @@ _PLAIN_SAFE_RE = re.compile(r"^[A-Za-z_/][A-Za-z0-9_./@+-]*$")
 _NUMBERISH_RE = re.compile(r"^[-+.]?[0-9]|^\.(inf|nan)$", re.IGNORECASE)
 
 
-
-
+# The values file of a model that was never promoted. Every environment gets the same keys, comments and
+# Flux image-automation markers; only the hand-reviewed sizes below differ (_ENVIRONMENT_SETTINGS). The
+# committed seed (gitops/apps/<env>/fraud-detector/values.yaml) is exactly this text for each environment
+# (tests/test_k8s_manifests.py checks it), so `ctpipe init` and the seed cannot drift apart.
 _INITIAL_VALUES = """\
 # ct-serving values: {name} in {environment}.
 # Promotions rewrite only model.* and image.*; everything else is reviewed by hand.
@@ -47,14 +49,56 @@ model:
   bentoTag: ""
   dataHash: ""
 image:
-  repository: ""
+  repository: ""     # model server image (the containerized Bento), pinned by digest
   tag: ""
   digest: ""
 modelServer:
-  replicas: 2
+  replicas: {model_server_replicas}
+  resources:
+    requests:
+      cpu: "{model_server_cpu}"
+      memory: {model_server_memory}
+    limits:
+      memory: {model_server_memory_limit}
+  autoscaling:
+    enabled: true
+    maxReplicas: {model_server_max_replicas}
 gateway:
-  replicas: 2
+  replicas: {gateway_replicas}
+  # Updated by Flux image automation (infrastructure/{environment}), proposed on flux/image-updates-{environment}.
+  image:
+    repository: ghcr.io/ct-pipeline/ct-gateway
+    tag: "0.1.0" # {{"$imagepolicy": "flux-system:ct-gateway:tag"}}
+    digest: "" # {{"$imagepolicy": "flux-system:ct-gateway:digest"}}
+  settings:
+    max_rows: {gateway_max_rows}
+    request_timeout: {gateway_request_timeout}
 """
+
+# Hand-reviewed sizes per environment (YAML text as written in the file). Staging spells out the chart's
+# defaults (charts/ct-serving/values.yaml); an environment not listed starts with staging's.
+_ENVIRONMENT_SETTINGS: dict[str, dict[str, str]] = {
+    "staging": {
+        "model_server_replicas": "2",
+        "model_server_cpu": "250m",
+        "model_server_memory": "512Mi",
+        "model_server_memory_limit": "1Gi",
+        "model_server_max_replicas": "6",
+        "gateway_replicas": "2",
+        "gateway_max_rows": "1000",
+        "gateway_request_timeout": "30.0",
+    },
+    "production": {
+        "model_server_replicas": "3",
+        "model_server_cpu": "1",
+        "model_server_memory": "1Gi",
+        "model_server_memory_limit": "2Gi",
+        "model_server_max_replicas": "12",
+        "gateway_replicas": "3",
+        "gateway_max_rows": "500",
+        "gateway_request_timeout": "10.0",
+    },
+}
 
 
 def _plain_ok(value: str) -> bool:
@@ -71,9 +115,11 @@ def _yaml_scalar(value: str, style: str | None = None) -> str:
 
 
 def render_initial_values(spec: ModelSpec) -> str:
-    """The values file of ``spec`` with nothing deployed yet (``model.version: ""``)."""
+    """The values file of ``spec`` with nothing deployed yet (``model.version: ""``), sized for its environment."""
+    environment = spec.gitops.environment
+    settings = _ENVIRONMENT_SETTINGS.get(environment, _ENVIRONMENT_SETTINGS["staging"])
     return _INITIAL_VALUES.format(
-        name=spec.name, environment=spec.gitops.environment, name_yaml=_yaml_scalar(spec.name)
+        name=spec.name, environment=environment, name_yaml=_yaml_scalar(spec.name), **settings
     )
 
 
