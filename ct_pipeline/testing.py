@@ -37,7 +37,8 @@ from ct_pipeline.errors import (
     PromotionNotFoundError,
     RegistryError,
 )
-from ct_pipeline.settings import load_settings
+from ct_pipeline.ports import DataReader
+from ct_pipeline.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -384,8 +385,10 @@ class FakeRuntime:
 
 def make_context(
     spec: ModelSpec,
-    home: Path,
+    home: Path | None = None,
     *,
+    settings: Settings | None = None,
+    data: DataReader | None = None,
     frame: pd.DataFrame | None = None,
     request: RunRequest | None = None,
     publisher: InMemoryPublisher | None = None,
@@ -393,15 +396,19 @@ def make_context(
     image_engine: Any = None,
     image_registry: Any = None,
 ) -> StepContext:
-    """A StepContext on the fakes (state under ``home``); pass the same publisher/tracker to chain runs."""
-    settings = load_settings(paths={"home": home}, image={"engine": "none" if image_engine is None else "auto"})
+    """A StepContext on the fakes (state under ``home``, or the given ``settings``); pass the same publisher /
+    tracker to chain runs, ``data`` (e.g. the real SourceReader) or ``frame`` for the window's rows."""
+    if settings is None:
+        if home is None:
+            raise ValueError("make_context needs home or settings")
+        settings = load_settings(paths={"home": home}, image={"engine": "none" if image_engine is None else "auto"})
     return StepContext(
         spec=spec,
         settings=settings,
         request=request or RunRequest(end=datetime(2026, 1, 1, tzinfo=UTC)),
         publisher=publisher or InMemoryPublisher(),
         tracker=tracker or InMemoryTracker(),
-        data=FrameReader(frame) if frame is not None else FrameReader(_empty_frame(spec)),
+        data=data or (FrameReader(frame) if frame is not None else FrameReader(_empty_frame(spec))),
         bentos=FakeBentoStore(),
         runtime=FakeRuntime(),
         clock=FixedClock(),

@@ -7,7 +7,7 @@ into a Bento with ct_pipeline.package.build_bento), same single-row JSON payload
   a      the ceiling: one FastAPI (uvicorn) process with the model in-process
   b-off  the BentoML model server direct, adaptive batching off (CT_BATCHING=false)
   b-on   the BentoML model server direct, adaptive batching on (the service's defaults)
-  c      the full path: gateway -> model server, both started by ct_pipeline.rollout.LocalRuntime
+  c      the full path: gateway -> model server, both started by ct_pipeline.adapters.local_runtime.LocalRuntime
          (the exact processes `ctpipe reconcile` runs: gateway micro-batching, BentoML adaptive batching on)
   c-boff the same, with the model server's BentoML batching off (CT_BATCHING=false)
 
@@ -142,11 +142,11 @@ def build_model(home: Path):
     import pandas as pd
     from mlflow.models import infer_signature
 
-    from ct_pipeline.package import build_bento
+    from ct_pipeline.adapters.bento import build_bento
     from ct_pipeline.domain.records import GateDecision, ModelRef, WindowSnapshot
-    from ct_pipeline.settings import Settings
     from ct_pipeline.domain.spec import parse_spec
-    from ct_pipeline.train import trusted_types
+    from ct_pipeline.families.base import sklearn_log_options
+    from ct_pipeline.settings import load_settings
 
     features = [f"f{i:02d}" for i in range(N_FEATURES)]
     rng = np.random.default_rng(0)
@@ -176,7 +176,7 @@ def build_model(home: Path):
             pyfunc_predict_fn="predict_proba",
             signature=infer_signature(x.head(5), model.predict_proba(x.head(5))),
             input_example=x.head(3),
-            skops_trusted_types=trusted_types(model),
+            skops_trusted_types=sklearn_log_options(model, spec)["skops_trusted_types"],
             pip_requirements=["scikit-learn", "lightgbm", "pandas"],
         )
     version, run_id = str(info.registered_model_version), run.info.run_id
@@ -202,7 +202,9 @@ def build_model(home: Path):
         decided_at=datetime.now(UTC),
         snapshot=snapshot,
     )
-    settings = Settings(home=home, gateway_port=free_port(), model_server_base_port=free_port())
+    settings = load_settings(
+        paths={"home": home}, serving={"gateway_port": free_port(), "model_server_base_port": free_port()}
+    )
     ref = build_bento(spec, decision, settings)
     payload_row = {f: round(float(v), 4) for f, v in x.iloc[0].items()}
     expected = float(model.predict_proba(pd.DataFrame([payload_row]))[0, 1])
@@ -212,14 +214,16 @@ def build_model(home: Path):
 def prepare_model(home: Path):
     """build_model, or reuse the one a previous run left in ``home`` (with --workdir)."""
     from ct_pipeline.domain.records import BentoRef
-    from ct_pipeline.settings import Settings
+    from ct_pipeline.settings import load_settings
 
     saved = home / "bench-model.json"
     if saved.is_file():
         data = json.loads(saved.read_text())
         log(f"reusing the model and bento in {home}")
         os.environ.update(data["env"])
-        settings = Settings(home=home, gateway_port=free_port(), model_server_base_port=free_port())
+        settings = load_settings(
+        paths={"home": home}, serving={"gateway_port": free_port(), "model_server_base_port": free_port()}
+    )
         return settings, BentoRef.model_validate(data["ref"]), data["row"], data["expected"]
     log(f"building the model and its bento in {home}")
     settings, ref, row, expected = build_model(home)
@@ -251,7 +255,7 @@ class Servers:
         return url
 
     def stop(self) -> None:
-        from ct_pipeline.rollout import stop_process_group
+        from ct_pipeline.adapters.local_runtime import stop_process_group
 
         for name, proc in self.procs.items():
             if proc.poll() is None:
@@ -619,8 +623,8 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 def start_servers(paths, args, settings, ref, servers: Servers) -> tuple[dict, dict, list]:
     """Start every server the paths need; returns (urls, pids per path, LocalRuntimes to stop)."""
     from ct_pipeline.domain.records import DeployedModel
-    from ct_pipeline.rollout import LocalRuntime
-    from ct_pipeline.settings import Settings
+    from ct_pipeline.adapters.local_runtime import LocalRuntime
+    from ct_pipeline.settings import load_settings
 
     env = {**os.environ}
     bentoml_cmd = [sys.executable, "-m", "bentoml", "serve", ref.bento_tag, "--host", HOST, "--port"]
@@ -654,15 +658,13 @@ def start_servers(paths, args, settings, ref, servers: Servers) -> tuple[dict, d
         if key not in paths:
             continue
         # the exact processes `ctpipe reconcile` starts (c-boff: with BentoML's adaptive batching off)
-        log(f"{key}: model server + gateway started by ct_pipeline.rollout.LocalRuntime")
+        log(f"{key}: model server + gateway started by ct_pipeline.adapters.local_runtime.LocalRuntime")
         home = settings.paths.home_dir if key == "c" else settings.paths.home_dir.with_name(settings.paths.home_dir.name + "-" + key)
         runtime = LocalRuntime(
-            Settings(
-                home=home,
-                bentoml_home=settings.paths.bento_home,
-                gateway_port=free_port(),
-                model_server_base_port=free_port(),
-            )  # fmt: skip
+            load_settings(
+                paths={"home": home, "bentoml_home": settings.paths.bento_home},
+                serving={"gateway_port": free_port(), "model_server_base_port": free_port()},
+            )
         )
         runtimes.append(runtime)
         saved = os.environ.get("CT_BATCHING")

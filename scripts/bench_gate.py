@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import norm
 
-from ct_pipeline.gate import decide, paired_bootstrap
+from ct_pipeline.steps.gate.scoring import paired_bootstrap
+from ct_pipeline.steps.gate.verdict import decide
 from ct_pipeline.domain.spec import GateSpec
 
 

@@ -11,8 +11,26 @@ from scipy.special import expit, logit
 from ct_pipeline.domain.metrics import metric
 from ct_pipeline.domain.records import CandidateResult, ModelRef, TrainResult, WindowSnapshot
 from ct_pipeline.domain.spec import GateSpec, parse_spec
-from ct_pipeline.gate import decide, evaluate, paired_bootstrap
-from ct_pipeline.registry import CHALLENGER, CHAMPION, RegistryError
+from ct_pipeline.domain.records import RunRequest
+from ct_pipeline.domain.tags import CHALLENGER, CHAMPION
+from ct_pipeline.errors import RegistryError
+from ct_pipeline.steps.gate import evaluate as evaluate_gate
+from ct_pipeline.steps.gate.scoring import paired_bootstrap
+from ct_pipeline.steps.gate.verdict import decide
+from ct_pipeline.testing import InMemoryTracker, make_context
+
+
+def evaluate(spec, result, registry, force=False, force_reason=None, forced_by=None, plot_sink=None):
+    """The gate step's decision through a context on the fakes, with ``registry`` as its tracker."""
+    import tempfile
+    from pathlib import Path
+
+    request = RunRequest(end=result.snapshot.end, force=force, reason=force_reason, requested_by=forced_by)
+    ctx = make_context(spec, Path(tempfile.mkdtemp()), tracker=registry, request=request)
+    decision, plots = evaluate_gate(ctx, result)
+    if plot_sink is not None:
+        plot_sink.update(plots)
+    return decision
 
 
 def synthetic(n: int, seed: int, strength_a: float, strength_b: float):
@@ -98,8 +116,11 @@ class FakeModel:
         return np.column_stack([1 - self.scores, self.scores])
 
 
-class FakeRegistry:
+class FakeRegistry(InMemoryTracker):
+    """The in-memory tracker with fixed holdout scores per version (and some versions that cannot load)."""
+
     def __init__(self, scores: dict[str, np.ndarray], champion: str | None, broken: set[str] = frozenset()):
+        super().__init__()
         self.scores, self.aliases, self.broken, self.tags = scores, {}, broken, {}
         if champion:
             self.aliases[CHAMPION] = champion

@@ -8,8 +8,26 @@ import numpy as np
 import pytest
 
 from ct_pipeline.domain.spec import parse_spec
-from ct_pipeline.pipeline import step_gate, step_pull, step_train
-from ct_pipeline.registry import CHALLENGER, CHAMPION, MlflowRegistry
+from ct_pipeline.adapters.mlflow import MlflowTracker as MlflowRegistry
+from ct_pipeline.domain.records import RunRequest
+from ct_pipeline.domain.tags import CHALLENGER, CHAMPION
+from ct_pipeline.steps.gate import gate
+from ct_pipeline.steps.pull import pull
+from ct_pipeline.steps.train import train
+from ct_pipeline.wiring import build_context
+
+
+# The steps as run_pipeline runs them: one context (real MLflow store, real data source) per call.
+def step_pull(spec, settings, end):
+    return pull(build_context(spec, settings, RunRequest(end=end)))
+
+
+def step_train(spec, settings, snapshot):
+    return train(build_context(spec, settings, RunRequest(end=snapshot.end)), snapshot)
+
+
+def step_gate(spec, settings, trained):
+    return gate(build_context(spec, settings, RunRequest(end=trained.snapshot.end)), trained)
 
 pytestmark = pytest.mark.integration
 
@@ -150,7 +168,7 @@ def test_user_function_candidate(settings, weather_csv, monkeypatch):
     """The Railyard contract: `module:function` with train(train_df, params) -> fitted model."""
     import mlflow
 
-    from ct_pipeline.train import TrainingError
+    from ct_pipeline.errors import TrainingError
 
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     data = weather_spec(weather_csv).model_dump()

@@ -302,6 +302,15 @@ class BentoMLStore:
         return BentoRef.model_validate_json(proc.stdout.strip().splitlines()[-1])
 
 
+def build_bento(spec: ModelSpec, decision: GateDecision, settings: Settings, tracker: MlflowTracker | None = None):
+    """Build (or find) the Bento of the approved version with a store and tracker made from ``settings``."""
+    if tracker is None:
+        from ct_pipeline.wiring import make_tracker
+
+        tracker = make_tracker(settings)
+    return BentoMLStore(settings, tracker).build(spec, decision)
+
+
 def _main() -> None:
     """``python -m ct_pipeline.adapters.bento`` < {"spec", "decision"} JSON: build, print the BentoRef."""
     from ct_pipeline.adapters.mlflow import MlflowTracker

@@ -11,7 +11,7 @@ from ct_pipeline.context import StepContext
 from ct_pipeline.domain import tags
 from ct_pipeline.domain.metrics import metric, scores_from_prediction
 from ct_pipeline.domain.records import GateCheck, GateDecision, ModelRef, TrainResult
-from ct_pipeline.errors import GateError, RegistryError
+from ct_pipeline.errors import ConfigError, RegistryError
 from ct_pipeline.steps.gate.checks import CHECKS
 from ct_pipeline.steps.gate.scoring import Evidence, model_size_bytes, paired_bootstrap, single_row_latency_p95_ms
 from ct_pipeline.steps.gate.verdict import decide, verdict
@@ -84,7 +84,7 @@ def evaluate(ctx: StepContext, trained: TrainResult) -> tuple[GateDecision, dict
 
     spec, request = ctx.spec, ctx.request
     if request.force and not (request.reason and request.reason.strip()):
-        raise GateError("force needs a reason (who asked and why); it is recorded with the promotion")
+        raise ConfigError("force needs a reason (who asked and why); it is recorded with the promotion")
     ev = score(ctx, trained)
     primary_ok, primary_reason, primary_check = primary(ctx, ev)
     checks: list[GateCheck] = [primary_check] if primary_check else []
