@@ -15,24 +15,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from github_standin import GitHubStandIn  # noqa: E402
 
+from ct_pipeline.adapters.git_local import LocalGitPublisher, init_local_remote  # noqa: E402
+from ct_pipeline.adapters.github import GitHubPublisher, parse_github_remote, resolve_auth  # noqa: E402
+from ct_pipeline.adapters.publishers import deployed_model, publisher_for  # noqa: E402
 from ct_pipeline.domain.manifest import bump, render_initial_values  # noqa: E402
+from ct_pipeline.domain.promotion import promotion_branch, record_path  # noqa: E402
 from ct_pipeline.domain.records import BentoRef, PromotionRecord  # noqa: E402
 from ct_pipeline.domain.spec import parse_spec  # noqa: E402
-from ct_pipeline.github import GitHubPublisher, GitHubSettings, parse_github_remote, resolve_auth  # noqa: E402
-from ct_pipeline.gitops import (  # noqa: E402
-    GitOpsError,
-    GitPublisher,
-    LocalGitPublisher,
-    MergeConflictError,
-    NothingToRevertError,
-    RemoteError,
-    default_publisher,
-    deployed_model,
-    init_local_remote,
-    promotion_branch,
-    record_path,
-)
-from ct_pipeline.settings import Settings, load_settings  # noqa: E402
+from ct_pipeline.errors import GitOpsError, MergeConflictError, NothingToRevertError, RemoteError  # noqa: E402
+from ct_pipeline.ports import GitPublisher  # noqa: E402
+from ct_pipeline.settings import GitHubSettings, Settings, load_settings  # noqa: E402
 
 pytestmark = pytest.mark.integration  # real git, real HTTP
 REPO = "acme/gitops"
@@ -159,18 +151,18 @@ def test_default_publisher_chooses_github_for_github_remotes(standin, git_dir, t
     monkeypatch.setenv("CTPIPE_GITHUB_TOKEN", TOKEN)
     monkeypatch.setenv("CTPIPE_GITHUB_SECONDS_BETWEEN_WRITES", "0")
     monkeypatch.setenv("CTPIPE_GITOPS_REMOTE", "github.com/acme/gitops")
-    pub = default_publisher(Settings())
+    pub = publisher_for(Settings())
     assert isinstance(pub, GitHubPublisher) and isinstance(pub, GitPublisher)
     assert (pub.full_name, pub.api_url, pub.auth_source) == (REPO, standin.base_url, "CTPIPE_GITHUB_TOKEN")
     assert pub.head() == git(git_dir, "rev-parse", "main")
-    spec_remote = default_publisher(Settings(), make_spec(remote=f"{standin.origin}/acme/gitops"))
+    spec_remote = publisher_for(Settings(), make_spec(remote=f"{standin.origin}/acme/gitops"))
     assert isinstance(spec_remote, GitHubPublisher)
     monkeypatch.setenv("CTPIPE_GITOPS_REMOTE", str(git_dir))
-    assert isinstance(default_publisher(Settings()), LocalGitPublisher)
+    assert isinstance(publisher_for(Settings()), LocalGitPublisher)
     monkeypatch.setenv("CTPIPE_GITHUB_TOKEN", "wrong")
     monkeypatch.setenv("CTPIPE_GITOPS_REMOTE", "github.com/acme/gitops")
     with pytest.raises(RemoteError, match="rejected the credentials"):
-        default_publisher(Settings()).head()
+        publisher_for(Settings()).head()
 
 
 # ------------------------------------------------------------------------------------------- proposing
@@ -409,6 +401,7 @@ def test_without_credentials_the_error_says_where_to_put_them(monkeypatch):
     with pytest.raises(GitOpsError, match="CTPIPE_GITHUB_TOKEN.*GITHUB_TOKEN"):
         resolve_auth(cfg, "acme", "gitops", "https://api.github.com")
     monkeypatch.setenv("GITHUB_TOKEN", "abc")
+    cfg = fast_settings(airflow_conn_id="ctpipe_missing_connection")  # settings are read at the edge, once
     assert resolve_auth(cfg, "acme", "gitops", "https://api.github.com")[2] == "GITHUB_TOKEN"
 
 

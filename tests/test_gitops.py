@@ -9,26 +9,21 @@ from pathlib import Path
 
 import pytest
 
+from ct_pipeline.adapters.git_local import LocalGitPublisher, init_local_remote
+from ct_pipeline.adapters.publishers import deployed_model
 from ct_pipeline.domain.manifest import bump, render_initial_values
+from ct_pipeline.domain.promotion import body_path, parse_record_file, promotion_branch, promotion_id, record_path
 from ct_pipeline.domain.records import BentoRef, PromotionRecord
 from ct_pipeline.domain.spec import parse_spec
-from ct_pipeline.gitops import (
+from ct_pipeline.errors import (
     GitOpsError,
-    GitPublisher,
-    LocalGitPublisher,
     MergeConflictError,
     NothingToRevertError,
     PromotionNotFoundError,
     PushRejectedError,
     RemoteError,
-    body_path,
-    deployed_model,
-    init_local_remote,
-    parse_record_file,
-    promotion_branch,
-    promotion_id,
-    record_path,
 )
+from ct_pipeline.ports import GitPublisher
 
 pytestmark = pytest.mark.integration  # real git
 
@@ -371,7 +366,7 @@ def test_record_file_round_trip():
         status="merged",
         created_at=datetime(2026, 1, 1, tzinfo=UTC),
     )
-    from ct_pipeline.gitops import promotion_files
+    from ct_pipeline.domain.promotion import promotion_files
 
     files = promotion_files(record, note={"k": 1})
     stored, doc = parse_record_file(files[record_path("m/v1")])

@@ -1,16 +1,11 @@
-"""Promotions as changes to a GitOps repository.
+"""The git CLI publisher: :class:`LocalGitPublisher` implements :class:`ct_pipeline.ports.GitPublisher` with the
+``git`` command line against any git remote (the embedded default is a local bare repository).
 
-A promotion ``<model>/v<version>`` is a branch ``promote/<model>/v<version>`` that starts at the base branch
-and carries one commit: the bumped values file plus the promotion record next to it
-(``promotions/<model>/v<version>/record.json`` and ``PR.md``). A person merges it (``--no-ff``: one merge
-commit on the base branch per promotion); rollback reverts that merge commit. Everything the publisher
-needs to know later (status, what a merge promoted, what is already reverted) is read back from git itself,
-so the same layout works when the remote is GitHub and the branch is a pull request.
-
-:class:`GitPublisher` is the protocol; :class:`LocalGitPublisher` implements it with the ``git`` CLI
-against any git remote (the embedded default is a local bare repository). Each operation works in a
-fresh temporary clone and changes the remote only through one final push, so an operation that fails
-half-way leaves the remote as it was.
+Each operation works in a fresh temporary clone and changes the remote only through one final push, so an
+operation that fails half-way leaves the remote as it was. Everything the publisher needs to know later (status,
+what a commit promoted, what is already reverted) is read back from git itself, through the same algorithm the
+GitHub publisher uses (:func:`ct_pipeline.domain.history.promotion_events`), so it reads promotions merged by a
+merge commit, a squash or a rebase alike, whoever merged them.
 """
 
 from __future__ import annotations
@@ -22,18 +17,32 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pydantic import BaseModel
-
-from ct_pipeline.domain.manifest import ManifestError, read_deployed, render_initial_values
-from ct_pipeline.domain.records import DeployedModel, PromotionRecord
+from ct_pipeline.domain.history import CommitInfo, GitOpsEvent, promotion_events
+from ct_pipeline.domain.manifest import read_deployed, render_initial_values
+from ct_pipeline.domain.promotion import (
+    BRANCH_PREFIX,
+    checked_promotion,
+    parse_promotion_id,
+    parse_record_file,
+    promotion_branch,
+    promotion_message,
+    record_path,
+    record_trailers,
+    remote_for,
+    revert_message,
+    trailers,
+    valid_repo_path,
+)
+from ct_pipeline.domain.records import PromotionRecord
 from ct_pipeline.errors import (
     GitOpsError,
+    ManifestError,
     MergeConflictError,
     NothingToRevertError,
     PromotionNotFoundError,
@@ -47,204 +56,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-BRANCH_PREFIX = "promote/"
-RECORDS_DIR = "promotions"
-RECORD_FORMAT = "ct-pipeline/promotion-record/v1"
-DEFAULT_SEED_DIR = Path(__file__).resolve().parents[1] / "gitops"
-
-_MODEL_RE = r"[a-z0-9][a-z0-9-]{0,62}"
-_VERSION_RE = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
-_ID_RE = re.compile(rf"^(?P<model>{_MODEL_RE})/v(?P<version>{_VERSION_RE})$")
-_REVERTS_RE = re.compile(r"This reverts commit ([0-9a-f]{40})")
+DEFAULT_SEED_DIR = Path(__file__).resolve().parents[2] / "gitops"
 _GIT_TIMEOUT = 300
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# --------------------------------------------------------------------------------------------- naming
-
-
-def promotion_id(model: str, version: str) -> str:
-    pid = f"{model}/v{version}"
-    parse_promotion_id(pid)
-    return pid
-
-
-def parse_promotion_id(pid: str) -> tuple[str, str]:
-    """``'fraud-detector/v3'`` -> ``('fraud-detector', '3')``; raises ValueError for anything else."""
-    match = _ID_RE.match(pid)
-    if not match or ".." in pid or pid.endswith(".lock"):
-        raise ValueError(f"promotion id must look like '<model>/v<version>', got {pid!r}")
-    return match.group("model"), match.group("version")
-
-
-def promotion_branch(pid: str) -> str:
-    parse_promotion_id(pid)
-    return BRANCH_PREFIX + pid
-
-
-def record_path(pid: str) -> str:
-    return f"{RECORDS_DIR}/{pid}/record.json"
-
-
-def body_path(pid: str) -> str:
-    return f"{RECORDS_DIR}/{pid}/PR.md"
-
-
-def promotion_files(record: PromotionRecord, **attachments: Any) -> dict[str, bytes]:
-    """The record files of a promotion: ``record.json`` (the record plus attachments such as the gate
-    decision and the Bento) and ``PR.md`` (the body, what a reviewer reads)."""
-    stored = record.model_copy(update={"commit": None, "status": "open", "url": None})
-    doc: dict[str, Any] = {"format": RECORD_FORMAT, "promotion": stored.to_json_dict()}
-    for key, value in attachments.items():
-        doc[key] = value.model_dump(mode="json") if isinstance(value, BaseModel) else value
-    return {
-        record_path(record.id): (json.dumps(doc, indent=2, sort_keys=False) + "\n").encode(),
-        body_path(record.id): (record.body.rstrip("\n") + "\n").encode(),
-    }
-
-
-def parse_record_file(data: bytes | str) -> tuple[PromotionRecord, dict[str, Any]]:
-    """``record.json`` -> (the stored PromotionRecord, the whole document)."""
-    doc = json.loads(data)
-    if not isinstance(doc, dict) or "promotion" not in doc:
-        raise GitOpsError("not a promotion record file (no 'promotion' key)")
-    return PromotionRecord.model_validate(doc["promotion"]), doc
-
-
-def checked_promotion(
-    record: PromotionRecord, files: Mapping[str, bytes], base_branch: str
-) -> tuple[PromotionRecord, dict[str, bytes]]:
-    """Validate a promotion before any publisher touches its remote; add the record files if missing."""
-    model, version = parse_promotion_id(record.id)
-    if (record.model, record.version) != (model, version):
-        raise GitOpsError(f"promotion id {record.id!r} does not match model {record.model!r} v{record.version}")
-    branch = promotion_branch(record.id)
-    if record.branch != branch:
-        raise GitOpsError(f"promotion {record.id} must use branch {branch!r}, not {record.branch!r}")
-    if record.base_branch != base_branch:
-        raise GitOpsError(
-            f"promotion {record.id} targets base {record.base_branch!r} but the publisher's base is {base_branch!r}"
-        )
-    paths = {_valid_repo_path(p): data for p, data in files.items()}
-    if record_path(record.id) not in paths:
-        record = record.model_copy(update={"files": sorted({*paths, record_path(record.id), body_path(record.id)})})
-        paths.update(promotion_files(record))
-    return record.model_copy(update={"files": sorted(paths)}), paths
-
-
-class GitOpsEvent(BaseModel):
-    """One promotion-related commit on the base branch (see :meth:`GitPublisher.history`)."""
-
-    kind: Literal["promote", "revert"]
-    commit: str
-    promotion_id: str
-    model: str
-    version: str
-    environment: str
-    manifest_path: str
-    at: datetime
-    subject: str
-    reverted_by: str | None = None
-    reverts: str | None = None
-
-
-class RevertIndex:
-    """Which commit reverts which ("This reverts commit X" lines), and whether a revert was itself undone.
-
-    A revert of a revert makes the original live again, so ``reverted_by`` follows the chain.
-    """
-
-    def __init__(self) -> None:
-        self.reverters: dict[str, list[str]] = {}
-        self.reverts_of: dict[str, str] = {}
-        self._live: dict[str, bool] = {}
-
-    @classmethod
-    def from_messages(cls, commits) -> RevertIndex:
-        index = cls()
-        for sha, message in commits:
-            for target in _REVERTS_RE.findall(message):
-                index.reverters.setdefault(target, []).append(sha)
-                index.reverts_of.setdefault(sha, target)
-        return index
-
-    def live(self, sha: str, depth: int = 0) -> bool:
-        if sha not in self._live:
-            self._live[sha] = depth > 50 or not any(self.live(r, depth + 1) for r in self.reverters.get(sha, ()))
-        return self._live[sha]
-
-    def reverted_by(self, sha: str) -> str | None:
-        return next((r for r in self.reverters.get(sha, ()) if self.live(r)), None)
-
-
-def revert_message(target: GitOpsEvent, model: str, environment: str, restores: str) -> str:
-    """The commit message of a rollback, the same from every publisher (its trailers make it findable)."""
-    trailers = _trailers(
-        promotion_id=target.promotion_id,
-        model=model,
-        environment=environment,
-        manifest=target.manifest_path,
-        reverts=target.commit,
-    )
-    return (
-        f"Revert promotion {target.promotion_id} in {environment}\n\n"
-        f"This reverts commit {target.commit}.\n"
-        f'{target.manifest_path} goes back to {restores} (before "{target.subject}").\n\n' + trailers + "\n"
-    )
-
-
-# --------------------------------------------------------------------------------------------- protocol
-
-
-@runtime_checkable
-class GitPublisher(Protocol):
-    """Where promotions are proposed, merged and reverted (local git today, GitHub pull requests later)."""
-
-    base_branch: str
-
-    def read_file(self, path: str, ref: str | None = None) -> str | None:
-        """The file at ``ref`` (branch or commit; default the base branch), or None if it does not exist."""
-        ...
-
-    def head(self, ref: str | None = None) -> str:
-        """Commit sha of branch ``ref`` (default the base branch)."""
-        ...
-
-    def open_promotion(self, record: PromotionRecord, files: Mapping[str, bytes]) -> PromotionRecord:
-        """Propose ``files`` on the promotion's branch, started from the current base; re-opening the
-        same id replaces that branch's content (one branch per id, never two)."""
-        ...
-
-    def list_promotions(self, model: str | None = None) -> list[PromotionRecord]: ...
-
-    def get_promotion(self, promotion_id: str) -> PromotionRecord | None: ...
-
-    def merge_promotion(self, promotion_id: str) -> str:
-        """Merge (``--no-ff``) into the base branch; returns the merge commit."""
-        ...
-
-    def close_promotion(self, promotion_id: str) -> PromotionRecord:
-        """Decline an open promotion without merging it (re-opening the id opens it again)."""
-        ...
-
-    def revert_last_promotion(self, model: str, environment: str) -> str:
-        """Revert the newest not yet reverted promotion merge of ``model`` in ``environment``."""
-        ...
-
-    def history(self, model: str | None = None) -> list[GitOpsEvent]:
-        """Promotion merges and their reverts on the base branch, newest first."""
-        ...
 
 
 # --------------------------------------------------------------------------------------------- git plumbing
@@ -329,7 +142,7 @@ class _Repo:
             raise RemoteError(
                 f"base branch {self.pub.base_branch!r} does not exist on GitOps remote "
                 f"{self.pub.remote_url}; initialize the repository first "
-                "(ct_pipeline.gitops.init_local_remote / `ctpipe gitops init`)"
+                "(`ctpipe gitops init`, ct_pipeline.adapters.git_local.init_local_remote)"
             )
         return tip
 
@@ -376,24 +189,6 @@ def _command(args: Sequence[str]) -> str:
     return " ".join([a for a in args if not a.startswith(("--git-dir=", "--work-tree="))][:3])
 
 
-def _valid_repo_path(path: str) -> str:
-    p = PurePosixPath(path)
-    if not path or p.is_absolute() or ".." in p.parts or p.parts[0] == ".git" or "\\" in path:
-        raise GitOpsError(f"refusing to write {path!r}: paths must be relative, inside the repository")
-    return str(p)
-
-
-def _trailers(**values: str) -> str:
-    names = {
-        "promotion_id": "Promotion-Id",
-        "model": "Promotion-Model",
-        "environment": "Promotion-Environment",
-        "manifest": "Promotion-Manifest",
-        "reverts": "Reverts-Commit",
-    }
-    return "\n".join(f"{names[k]}: {v}" for k, v in values.items() if v)
-
-
 # --------------------------------------------------------------------------------------------- local git
 
 
@@ -419,7 +214,7 @@ class LocalGitPublisher:
 
     @classmethod
     def from_settings(cls, settings: Settings, spec: ModelSpec | None = None) -> LocalGitPublisher:
-        remote, base = resolve_remote(settings, spec)
+        remote, base = remote_for(spec, settings.gitops_remote_url, settings.gitops.branch)
         return cls(remote, base, author_name=settings.gitops.author_name, author_email=settings.gitops.author_email)
 
     # -- plumbing
@@ -480,7 +275,7 @@ class LocalGitPublisher:
     def read_file(self, path: str, ref: str | None = None) -> str | None:
         with self._clone() as repo:
             rev = self._resolve(repo, ref)
-            data = repo.show(rev, _valid_repo_path(path))
+            data = repo.show(rev, valid_repo_path(path))
         return None if data is None else data.decode()
 
     def _resolve(self, repo: _Repo, ref: str | None) -> str:
@@ -491,7 +286,9 @@ class LocalGitPublisher:
             raise GitOpsError(f"no branch or commit {ref!r} on GitOps remote {self.remote_url}")
         return sha
 
-    def _promotion_at(self, repo: _Repo, pid: str, base: str) -> PromotionRecord | None:
+    def _promotion_at(
+        self, repo: _Repo, pid: str, base: str, scan: Callable[[], list[GitOpsEvent]] | None = None
+    ) -> PromotionRecord | None:
         branch = promotion_branch(pid)
         tip = repo.branch_tip(branch)
         if tip is None:
@@ -501,11 +298,21 @@ class LocalGitPublisher:
             log.warning("branch %s has no %s; not a promotion", branch, record_path(pid))
             return None
         record, _ = parse_record_file(data)
-        if repo.is_ancestor(tip, base):
+        if repo.is_ancestor(tip, base) or self._landed(repo, pid, tip, base, scan):
             status = "merged"
         else:
             status = "closed" if record.status == "closed" else "open"
         return record.model_copy(update={"commit": tip, "status": status})
+
+    def _landed(self, repo: _Repo, pid: str, tip: str, base: str, scan: Callable[[], list[GitOpsEvent]] | None) -> bool:
+        """Whether a squash or rebase put this branch's promotion on ``base`` after the branch started (the
+        branch tip itself is not in base then)."""
+        fork = repo.out("merge-base", tip, base)
+        events = scan() if scan is not None else self._scan(repo, base)
+        return any(
+            e.kind == "promote" and e.promotion_id == pid and e.commit != fork and repo.is_ancestor(fork, e.commit)
+            for e in events
+        )
 
     def get_promotion(self, promotion_id: str) -> PromotionRecord | None:
         parse_promotion_id(promotion_id)
@@ -518,6 +325,13 @@ class LocalGitPublisher:
             prefix = repo.remote_ref(BRANCH_PREFIX) + (model or "")
             prefix = prefix.rstrip("/")  # for-each-ref matches a prefix up to a slash
             refs = repo.out("for-each-ref", "--format=%(refname)", prefix).splitlines()
+            scanned: list[list[GitOpsEvent]] = []
+
+            def scan() -> list[GitOpsEvent]:  # once per listing, and only when a branch is not in base
+                if not scanned:
+                    scanned.append(self._scan(repo, base))
+                return scanned[0]
+
             records = []
             for ref in refs:
                 pid = ref[len(repo.remote_ref(BRANCH_PREFIX)) :]
@@ -525,7 +339,7 @@ class LocalGitPublisher:
                     parse_promotion_id(pid)
                 except ValueError:
                     continue
-                record = self._promotion_at(repo, pid, base)
+                record = self._promotion_at(repo, pid, base, scan)
                 if record is not None and (model is None or record.model == model):
                     records.append(record)
         return sorted(records, key=lambda r: (r.model, r.created_at, r.id))
@@ -549,17 +363,7 @@ class LocalGitPublisher:
                     f"promotion {record.id}: the files already are on {self.base_branch} ({base[:12]}); "
                     "nothing to propose"
                 )
-            message = (
-                f"{record.title}\n\n{record.body.rstrip()}\n\n"
-                + _trailers(
-                    promotion_id=record.id,
-                    model=record.model,
-                    environment=record.environment,
-                    manifest=record.manifest_path,
-                )
-                + "\n"
-            )
-            new_tip = repo.commit(message)
+            new_tip = repo.commit(promotion_message(record))
             if (
                 old_tip
                 and repo.out("rev-parse", f"{old_tip}^{{tree}}") == repo.out("rev-parse", "HEAD^{tree}")
@@ -591,7 +395,7 @@ class LocalGitPublisher:
             doc["promotion"]["status"] = "closed"
             repo.checkout(tip)
             repo.write_files({record_path(promotion_id): (json.dumps(doc, indent=2) + "\n").encode()})
-            new_tip = repo.commit(f"Close promotion {promotion_id}\n\n" + _trailers(promotion_id=promotion_id) + "\n")
+            new_tip = repo.commit(f"Close promotion {promotion_id}\n\n" + trailers(promotion_id=promotion_id) + "\n")
             repo.push(f"{new_tip}:refs/heads/{branch}", f"--force-with-lease=refs/heads/{branch}:{tip}")
         return current.model_copy(update={"commit": new_tip, "status": "closed"})
 
@@ -612,12 +416,7 @@ class LocalGitPublisher:
             message = (
                 f"Merge promotion {promotion_id}: {record.title}\n\n"
                 f"Merge branch '{branch}' (at {record.commit}) into {self.base_branch}.\n\n"
-                + _trailers(
-                    promotion_id=promotion_id,
-                    model=record.model,
-                    environment=record.environment,
-                    manifest=record.manifest_path,
-                )
+                + record_trailers(record)
                 + "\n"
             )
             msg_file = repo.git_dir / "CTPIPE_MERGE_MSG"
@@ -648,73 +447,28 @@ class LocalGitPublisher:
         return merge
 
     def _scan(self, repo: _Repo, base: str) -> list[GitOpsEvent]:
-        """Promotion merges and reverts on the first-parent history of ``base``, newest first."""
-        fmt = "%x1e%H%x1f%P%x1f%ct%x1f%s%x1f%B%x1f"
+        """Promotions and reverts on the first-parent history of ``base``, newest first."""
+        fmt = "%x1e%H%x1f%P%x1f%ct%x1f%B%x1f"
         raw = repo.run(
             "log", "--first-parent", "--diff-merges=first-parent", "--name-only", f"--format={fmt}", base
         ).stdout.decode(errors="replace")
-        commits = []
+        chain = []
         for chunk in raw.split("\x1e")[1:]:
-            sha, parents, ts, subject, body, names = chunk.split("\x1f", 5)
-            commits.append((sha, parents.split(), int(ts), subject, body, names.split("\n")))
-        # Reverts anywhere in base's history (also inside merged revert branches, as GitHub makes them).
-        # A commit is live unless a live commit reverts it: reverting a revert re-applies the original.
-        all_bodies = repo.run("log", "--format=%H%x1f%B%x1e", base).stdout.decode(errors="replace")
-        entries = (e.strip("\n").split("\x1f", 1) for e in all_bodies.split("\x1e") if "\x1f" in e)
-        index = RevertIndex.from_messages((sha, body) for sha, body in entries)
-        reverts_of, reverted_by = index.reverts_of, index.reverted_by
-
-        events: list[GitOpsEvent] = []
-        promo_by_commit: dict[str, GitOpsEvent] = {}
-        for sha, parents, ts, subject, _body, names in commits:
-            if len(parents) < 2:
-                continue
-            for name in names:
-                m = re.match(rf"^{RECORDS_DIR}/(.+)/record\.json$", name)
-                if not m:
-                    continue
-                data = repo.show(sha, name)
-                if data is None:
-                    continue
-                try:
-                    record, _ = parse_record_file(data)
-                except (GitOpsError, ValueError):
-                    continue
-                if record.manifest_path not in names:
-                    continue
-                event = GitOpsEvent(
-                    kind="promote",
-                    commit=sha,
-                    promotion_id=record.id,
-                    model=record.model,
-                    version=record.version,
-                    environment=record.environment,
-                    manifest_path=record.manifest_path,
-                    at=datetime.fromtimestamp(ts, UTC),
-                    subject=subject,
-                    reverted_by=reverted_by(sha),
+            sha, parents, ts, message, names = chunk.split("\x1f", 4)
+            chain.append(
+                CommitInfo(
+                    sha=sha,
+                    parents=parents.split(),
+                    at=datetime.fromtimestamp(int(ts), UTC),
+                    message=message,
+                    changed_paths=[n for n in names.split("\n") if n],
                 )
-                promo_by_commit[sha] = event
-                events.append(event)
-                break
-        for sha, _parents, ts, subject, _body, _names in commits:
-            target = reverts_of.get(sha)
-            if target in promo_by_commit:
-                p = promo_by_commit[target]
-                events.append(
-                    p.model_copy(
-                        update={
-                            "kind": "revert",
-                            "commit": sha,
-                            "at": datetime.fromtimestamp(ts, UTC),
-                            "subject": subject,
-                            "reverted_by": reverted_by(sha),
-                            "reverts": target,
-                        }
-                    )
-                )
-        order_index = {sha: i for i, (sha, *_rest) in enumerate(commits)}
-        return sorted(events, key=lambda e: order_index.get(e.commit, len(commits)))
+            )
+        # Every commit reachable from base: merged branches keep the messages of merge-commit promotions and of
+        # merged revert branches (as GitHub makes them).
+        bodies = repo.run("log", "--format=%H%x1f%B%x1e", base).stdout.decode(errors="replace")
+        entries = (e.strip("\n").split("\x1f", 1) for e in bodies.split("\x1e") if "\x1f" in e)
+        return promotion_events(chain, ((sha, body) for sha, body in entries), repo.show)
 
     def history(self, model: str | None = None) -> list[GitOpsEvent]:
         with self._clone() as repo:
@@ -741,7 +495,11 @@ class LocalGitPublisher:
             except ManifestError:
                 restores = "its previous content"
             repo.checkout(base)
-            res = repo.run("revert", "-m", "1", "--no-commit", target.commit, check=False)
+            # A merge commit is reverted against its first parent; a squashed or rebased promotion is one
+            # ordinary commit.
+            parents = repo.out("rev-list", "--parents", "-n1", target.commit).split()[1:]
+            mainline = ("-m", "1") if len(parents) > 1 else ()
+            res = repo.run("revert", *mainline, "--no-commit", target.commit, check=False)
             if res.returncode != 0:
                 conflicts = repo.out("diff", "--name-only", "--diff-filter=U").split()
                 repo.run("revert", "--abort", check=False)
@@ -764,37 +522,6 @@ class LocalGitPublisher:
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def resolve_remote(settings: Settings, spec: ModelSpec | None = None) -> tuple[str, str]:
-    """(remote url, base branch) for ``spec``: the spec's gitops.remote / base_branch when set explicitly,
-    else CTPIPE_GITOPS_REMOTE (default HOME/gitops.git) / CTPIPE_GITOPS_BRANCH."""
-    remote = (spec.gitops.remote if spec is not None else None) or settings.gitops_remote_url
-    base = settings.gitops.branch
-    if spec is not None and "base_branch" in spec.gitops.model_fields_set:
-        base = spec.gitops.base_branch
-    return remote, base
-
-
-def default_publisher(settings: Settings, spec: ModelSpec | None = None) -> GitPublisher:
-    """The publisher for ``spec``: GitHub pull requests (:class:`ct_pipeline.github.GitHubPublisher`) when the
-    remote names a GitHub repository (``github.com/owner/repo``, ``https://github.com/owner/repo``, or a repository
-    URL on the host of ``CTPIPE_GITHUB_API_URL``: GitHub Enterprise, the test stand-in), else the git CLI
-    publisher (local paths, ``file://``, ssh remotes)."""
-    from ct_pipeline.github import GitHubPublisher, parse_github_remote
-
-    if parse_github_remote(resolve_remote(settings, spec)[0]) is not None:
-        return GitHubPublisher.from_settings(settings, spec)
-    return LocalGitPublisher.from_settings(settings, spec)
-
-
-def deployed_model(publisher: GitPublisher, spec: ModelSpec) -> DeployedModel | None:
-    """What the base branch's values file says is deployed (None if nothing is, or there is no file)."""
-    sha = publisher.head()
-    text = publisher.read_file(spec.manifest_path, ref=sha)
-    if text is None:
-        return None
-    return read_deployed(text, spec, commit=sha)
-
-
 def _seed_files(seed_dir: Path) -> dict[str, bytes]:
     files = {}
     for path in sorted(seed_dir.rglob("*")):
@@ -810,15 +537,16 @@ def init_local_remote(
     """Make sure the GitOps remote exists and has a values file for every spec; returns the remote URL.
 
     A missing local bare repository is created with one commit on the base branch holding the seed files
-    (``seed_dir``, default this checkout's ``gitops/``) and each spec's initial values file. On an existing
-    repository, only missing values files are added (one commit); nothing is overwritten. Idempotent.
-    Specs whose ``gitops.remote`` names another remote are left out (initialize that one separately).
+    (``seed_dir``, else settings.gitops.seed_dir, default this checkout's ``gitops/``) and each spec's initial
+    values file. On an existing repository, only missing values files are added (one commit); nothing is
+    overwritten. Idempotent. Specs whose ``gitops.remote`` names another remote are left out (initialize that one
+    separately).
     """
-    remote, base = resolve_remote(settings)
+    remote, base = remote_for(None, settings.gitops_remote_url, settings.gitops.branch)
     specs = list(specs)
     ours: list[ModelSpec] = []
     for spec in specs:
-        if resolve_remote(settings, spec)[0] != remote:
+        if remote_for(spec, settings.gitops_remote_url, settings.gitops.branch)[0] != remote:
             log.warning("spec %s uses another GitOps remote (%s); not initialized here", spec.name, spec.gitops.remote)
         else:
             ours.append(spec)
@@ -826,8 +554,9 @@ def init_local_remote(
     if len(set(paths)) != len(paths):
         raise GitOpsError(f"two specs share a values file: {sorted(p for p in paths if paths.count(p) > 1)}")
 
-    explicit_seed = seed_dir is not None
-    seed = Path(seed_dir) if explicit_seed else DEFAULT_SEED_DIR
+    chosen = seed_dir if seed_dir is not None else settings.gitops.seed_dir
+    explicit_seed = chosen is not None
+    seed = Path(chosen).expanduser() if chosen is not None else DEFAULT_SEED_DIR
     if explicit_seed and not seed.is_dir():
         raise GitOpsError(f"GitOps seed directory {seed} does not exist")
 
@@ -849,7 +578,7 @@ def init_local_remote(
             repo.run("read-tree", "--empty")
             if not files:
                 files = {"README.md": b"# GitOps repository\n"}
-            repo.write_files({_valid_repo_path(p): d for p, d in files.items()})
+            repo.write_files({valid_repo_path(p): d for p, d in files.items()})
             names = ", ".join(f"{s.name} ({s.gitops.environment})" for s in ours) or "no models yet"
             sha = repo.commit(f"Initialize GitOps repository\n\nSeed layout and initial values for {names}.\n")
             repo.push(f"{sha}:refs/heads/{base}")
@@ -864,25 +593,4 @@ def init_local_remote(
     return remote
 
 
-__all__: Sequence[str] = (
-    "GitOpsError",
-    "RemoteError",
-    "PushRejectedError",
-    "PromotionNotFoundError",
-    "MergeConflictError",
-    "NothingToRevertError",
-    "GitPublisher",
-    "LocalGitPublisher",
-    "GitOpsEvent",
-    "promotion_id",
-    "parse_promotion_id",
-    "promotion_branch",
-    "record_path",
-    "body_path",
-    "promotion_files",
-    "parse_record_file",
-    "resolve_remote",
-    "default_publisher",
-    "deployed_model",
-    "init_local_remote",
-)
+__all__: Sequence[str] = ("DEFAULT_SEED_DIR", "LocalGitPublisher", "init_local_remote")

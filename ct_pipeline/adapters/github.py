@@ -1,11 +1,12 @@
-"""Promotions as GitHub pull requests: :class:`GitHubPublisher` implements :class:`~ct_pipeline.gitops.GitPublisher`
+"""Promotions as GitHub pull requests: :class:`GitHubPublisher` implements :class:`~ct_pipeline.ports.GitPublisher`
 with PyGithub 2.x against github.com, GitHub Enterprise (``CTPIPE_GITHUB_API_URL``) or any server speaking its
 REST API (the tests use ``tests/github_standin.py``).
 
-The repository layout and the records are the same as with :class:`~ct_pipeline.gitops.LocalGitPublisher`:
-a promotion ``<model>/v<version>`` is the branch ``promote/<model>/v<version>`` holding one commit on top of the
-base branch (the bumped values file + ``promotions/<id>/record.json`` + ``PR.md``), and the pull request from
-it has the record's title and body (``PR.md``) and the labels ``promotion``, ``model:<model>``, ``env:<env>``.
+The repository layout and the records are the same as with the git CLI publisher
+(:class:`~ct_pipeline.adapters.git_local.LocalGitPublisher`): a promotion ``<model>/v<version>`` is the branch
+``promote/<model>/v<version>`` holding one commit on top of the base branch (the bumped values file +
+``promotions/<id>/record.json`` + ``PR.md``), and the pull request from it has the record's title and body
+(``PR.md``) and the labels ``promotion``, ``model:<model>``, ``env:<env>``.
 
 - **One commit, through the Git Data API**: blobs, one tree on top of the base commit's tree, one commit, then the
   branch ref is created or moved. Nothing is cloned.
@@ -17,58 +18,64 @@ it has the record's title and body (``PR.md``) and the labels ``promotion``, ``m
 - **Polite**: PyGithub's ``GithubRetry`` (urllib3 Retry) retries secondary rate limits (403/429, waiting
   ``Retry-After`` when given) and 5xx with exponential backoff, for writes too; PyGithub's pacing between
   requests/writes stays on unless configured.
-- **Merge** is the pull request's merge (a merge commit, pinned to the reviewed head sha). **Close** closes the pull
-  request (its state is the record's status). **Revert** builds, with the Git Data API, one commit on the base that
-  restores every file the promotion merge changed to its content before that merge (what ``git revert -m 1`` does,
-  file by file; a file changed again later is a conflict and nothing happens), proposes it as a pull request from
-  ``revert/<model>/v<version>`` and merges it, so the rollback is reviewable like any other change and works with
-  protected branches (``revert_via="push"`` moves the base branch instead). When the pull request cannot be
-  merged (e.g. reviews are required) it is left open and :class:`RevertPendingError` names it.
+- **Merge** is the pull request's merge, pinned to the reviewed head sha: a merge commit by default, or a squash
+  or rebase (``merge_method``) for repositories that allow only those. Promotions merged any of these ways (also
+  by hand in GitHub's UI) are read back by the same algorithm the git CLI publisher uses
+  (:func:`ct_pipeline.domain.history.promotion_events`).
+- **Close** closes the pull request (its state is the record's status).
+- **Revert** builds, with the Git Data API, one commit on the base that restores every file the promotion commit
+  changed to its content in that commit's first parent (what ``git revert -m 1`` does for a merge and ``git revert``
+  for a squashed or rebased promotion, file by file; a file changed again later is a conflict and nothing happens),
+  proposes it as a pull request from ``revert/<model>/v<version>`` and merges it, so the rollback is reviewable
+  like any other change and works with protected branches (``revert_via="push"`` moves the base branch instead).
+  When the pull request cannot be merged (e.g. reviews are required) it is left open and
+  :class:`~ct_pipeline.errors.RevertPendingError` names it.
 
-Authentication, first found: ``CTPIPE_GITHUB_TOKEN``; a GitHub App (``CTPIPE_GITHUB_APP_ID`` +
+Configuration is :class:`ct_pipeline.settings.GitHubSettings` (``settings.github``); nothing here reads the
+environment. Authentication, first found: ``CTPIPE_GITHUB_TOKEN``; a GitHub App (``CTPIPE_GITHUB_APP_ID`` +
 ``CTPIPE_GITHUB_APP_PRIVATE_KEY`` or ``..._PATH`` [+ ``CTPIPE_GITHUB_APP_INSTALLATION_ID``, else looked up for the
 repository]) through ``github.Auth.AppAuth``; the Airflow connection ``github_default`` (password = token, host =
-API URL; ``apache-airflow-providers-github`` when installed); ``GITHUB_TOKEN``.
+API URL; ``apache-airflow-providers-github`` when installed); ``GITHUB_TOKEN`` (``fallback_token``).
 """
 
 from __future__ import annotations
 
 import base64
 import logging
-import os
 import re
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
-from pathlib import Path
+from datetime import UTC
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from ct_pipeline.domain.manifest import ManifestError, read_deployed
-from ct_pipeline.domain.records import PromotionRecord
-from ct_pipeline.errors import RevertPendingError
-from ct_pipeline.gitops import (
+from ct_pipeline.domain.history import CommitInfo, GitOpsEvent, promotion_events
+from ct_pipeline.domain.manifest import read_deployed
+from ct_pipeline.domain.promotion import (
     BRANCH_PREFIX,
+    REVERT_PREFIX,
+    checked_promotion,
+    parse_promotion_id,
+    parse_record_file,
+    promotion_branch,
+    promotion_message,
+    record_path,
+    record_trailers,
+    remote_for,
+    revert_message,
+    valid_repo_path,
+)
+from ct_pipeline.domain.records import PromotionRecord
+from ct_pipeline.errors import (
     GitOpsError,
-    GitOpsEvent,
+    ManifestError,
     MergeConflictError,
     NothingToRevertError,
     PromotionNotFoundError,
     PushRejectedError,
     RemoteError,
-    RevertIndex,
-    _trailers,
-    _valid_repo_path,
-    checked_promotion,
-    parse_promotion_id,
-    parse_record_file,
-    promotion_branch,
-    record_path,
-    resolve_remote,
-    revert_message,
+    RevertPendingError,
 )
+from ct_pipeline.settings import GitHubSettings
 
 if TYPE_CHECKING:
     from github.PullRequest import PullRequest
@@ -80,37 +87,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_API_URL = "https://api.github.com"
-REVERT_PREFIX = "revert/"
-_REVERTS_RE = re.compile(r"This reverts commit ([0-9a-f]{40})")
-_TRAILER_RE = re.compile(r"^(Promotion-Id|Promotion-Model|Promotion-Environment|Promotion-Manifest):\s*(\S+)\s*$", re.M)
-_MERGE_BRANCH_RE = re.compile(r"(?:from [^/\s]+/|Merge branch ')(" + re.escape(BRANCH_PREFIX) + r"[^'\s]+)")
+MergeMethod = Literal["merge", "squash", "rebase"]
 _NAME = r"[A-Za-z0-9_.-]+"
-
-
-
-
-class GitHubSettings(BaseSettings):
-    """``CTPIPE_GITHUB_*``: where the API is and how to authenticate."""
-
-    model_config = SettingsConfigDict(env_prefix="CTPIPE_GITHUB_", extra="ignore")
-
-    api_url: str | None = None
-    token: SecretStr | None = None
-    app_id: str | None = None
-    app_private_key: SecretStr | None = None
-    app_private_key_path: Path | None = None
-    app_installation_id: int | None = None
-    airflow_conn_id: str = "github_default"
-    labels: list[str] = ["promotion"]
-    retries: int = 8
-    backoff_factor: float = 1.0
-    secondary_rate_wait: float = 60.0
-    max_rate_limit_wait: float | None = 900.0
-    seconds_between_requests: float | None = 0.25
-    seconds_between_writes: float | None = 1.0
-    timeout: int = 30
-    revert_via: Literal["pr", "push"] = "pr"
-    history_limit: int = 1000
+# GitHub titles the commit of a squashed (or UI-merged) pull request "<title> (#<number>)".
+_PR_SUBJECT_RE = re.compile(r"\(#\d+\)$")
 
 
 # --------------------------------------------------------------------------------------------- remotes
@@ -121,9 +101,9 @@ def parse_github_remote(remote: str, api_url: str | None = None) -> tuple[str, s
 
     GitHub: ``github.com/owner/repo``, ``https://github.com/owner/repo(.git)``, and any ``http(s)://host/owner/repo``
     whose host is the host of ``api_url`` (GitHub Enterprise, the stand-in). SSH remotes (``git@github.com:...``)
-    stay plain git remotes: they need no API token and the git CLI publisher handles them.
+    stay plain git remotes: they need no API token and the git CLI publisher handles them. ``api_url`` is
+    settings.github.api_url (``CTPIPE_GITHUB_API_URL``).
     """
-    api_url = api_url if api_url is not None else os.environ.get("CTPIPE_GITHUB_API_URL")
     text = remote.strip()
     m = re.match(rf"^(?:https?://)?(?:www\.)?github\.com/({_NAME})/({_NAME}?)(?:\.git)?/?$", text)
     if m:
@@ -194,8 +174,8 @@ def resolve_auth(cfg: GitHubSettings, owner: str, repo: str, api_url: str) -> tu
     token, conn_url = _airflow_connection(cfg.airflow_conn_id)
     if token:
         return Auth.Token(token), (cfg.api_url or conn_url or api_url), f"Airflow connection {cfg.airflow_conn_id}"
-    if os.environ.get("GITHUB_TOKEN"):
-        return Auth.Token(os.environ["GITHUB_TOKEN"]), api_url, "GITHUB_TOKEN"
+    if cfg.fallback_token is not None and cfg.fallback_token.get_secret_value():
+        return Auth.Token(cfg.fallback_token.get_secret_value()), api_url, "GITHUB_TOKEN"
     raise GitOpsError(
         f"no GitHub credentials for {owner}/{repo}: set CTPIPE_GITHUB_TOKEN, a GitHub App "
         f"(CTPIPE_GITHUB_APP_ID + CTPIPE_GITHUB_APP_PRIVATE_KEY[_PATH]), the Airflow connection "
@@ -238,12 +218,12 @@ def _message(exc: Exception) -> str:
     return str(exc)
 
 
-def _trailer_map(message: str) -> dict[str, str]:
-    return {k: v for k, v in _TRAILER_RE.findall(message)}
-
-
 class GitHubPublisher:
-    """:class:`~ct_pipeline.gitops.GitPublisher` on a GitHub repository, promotions as pull requests."""
+    """:class:`~ct_pipeline.ports.GitPublisher` on a GitHub repository, promotions as pull requests.
+
+    ``merge_method`` is how :meth:`merge_promotion` and rollbacks merge their pull requests ("merge", "squash" or
+    "rebase", whatever the repository allows); history reads all three.
+    """
 
     def __init__(
         self,
@@ -256,16 +236,20 @@ class GitHubPublisher:
         settings: GitHubSettings | None = None,
         author_name: str = "ct-pipeline",
         author_email: str = "ct-pipeline@localhost",
+        merge_method: MergeMethod = "merge",
     ):
         from github import Github
 
-        self.cfg = settings or GitHubSettings()
+        # Without settings: the defaults, not the environment (the edge reads that, once, into Settings).
+        self.cfg = settings if settings is not None else GitHubSettings.model_construct()
         owner, _, name = repository.partition("/")
         if not owner or not name or "/" in name:
             raise GitOpsError(f"GitHub repository must be 'owner/name', got {repository!r}")
         self.full_name, self.owner, self.name = repository, owner, name
         self.base_branch = base_branch
         self.author_name, self.author_email = author_name, author_email
+        self.merge_method: MergeMethod = merge_method
+        self._files: dict[str, list[str]] = {}  # sha -> changed paths (commits never change)
         self.api_url = (api_url or self.cfg.api_url or DEFAULT_API_URL).rstrip("/")
         self.auth_source = "given"
         if github is None:
@@ -293,8 +277,8 @@ class GitHubPublisher:
 
     @classmethod
     def from_settings(cls, settings: Settings, spec: ModelSpec | None = None) -> GitHubPublisher:
-        remote, base = resolve_remote(settings, spec)
-        cfg = GitHubSettings()
+        remote, base = remote_for(spec, settings.gitops_remote_url, settings.gitops.branch)
+        cfg = settings.github
         parsed = parse_github_remote(remote, cfg.api_url)
         if parsed is None:
             raise GitOpsError(f"GitOps remote {remote!r} is not a GitHub repository")
@@ -375,7 +359,7 @@ class GitHubPublisher:
     def _read_bytes(self, path: str, ref: str | None = None) -> bytes | None:
         from github import GithubException, UnknownObjectException
 
-        path = _valid_repo_path(path)
+        path = valid_repo_path(path)
         try:
             content = self._call("reading a file", self.repo.get_contents, path, ref=ref or self.base_branch)
         except UnknownObjectException as exc:
@@ -471,16 +455,7 @@ class GitHubPublisher:
                 new_tip = old_tip  # same content on the same base: leave the branch alone
         created = False
         if new_tip is None:
-            message = (
-                f"{record.title}\n\n{record.body.rstrip()}\n\n"
-                + _trailers(
-                    promotion_id=record.id,
-                    model=record.model,
-                    environment=record.environment,
-                    manifest=record.manifest_path,
-                )
-                + "\n"
-            )
+            message = promotion_message(record)
             author = InputGitAuthor(self.author_name, self.author_email)
             commit = self._call("creating a commit", repo.create_git_commit, message, tree, [base_commit], author)
             new_tip = commit.sha
@@ -582,12 +557,7 @@ class GitHubPublisher:
             raise GitOpsError(f"promotion {promotion_id} is already merged into {self.base_branch}")
         if record.status == "closed":
             raise GitOpsError(f"promotion {promotion_id} is closed; re-open it (promote again) to merge it")
-        trailers = _trailers(
-            promotion_id=promotion_id,
-            model=record.model,
-            environment=record.environment,
-            manifest=record.manifest_path,
-        )
+        trailers = record_trailers(record)
         try:
             status = self._call(
                 "merging a pull request",
@@ -595,7 +565,7 @@ class GitHubPublisher:
                 commit_title=f"Merge promotion {promotion_id}: {record.title}",
                 commit_message=f"Merge pull request #{pr.number} ({pr.head.ref} at {record.commit}) into "
                 f"{self.base_branch}.\n\n{trailers}\n",
-                merge_method="merge",
+                merge_method=self.merge_method,
                 sha=record.commit,
             )
         except GithubException as exc:
@@ -614,8 +584,8 @@ class GitHubPublisher:
 
     # -- history and reverts
 
-    def _commits(self) -> tuple[list[str], dict[str, Any]]:
-        """(first-parent chain of the base branch, newest first; sha -> Commit for what was fetched)."""
+    def _commits(self) -> tuple[list[CommitInfo], dict[str, str]]:
+        """(first-parent chain of the base branch, newest first; sha -> message of every commit fetched)."""
         tip = self.head()
         listing = self._call("listing commits", self.repo.get_commits, sha=tip)
         by_sha: dict[str, Any] = {}
@@ -623,83 +593,40 @@ class GitHubPublisher:
             by_sha[commit.sha] = commit
             if len(by_sha) >= self.cfg.history_limit:
                 break
-        chain, sha = [], tip
+        chain: list[CommitInfo] = []
+        sha: str | None = tip
         while sha in by_sha:
-            chain.append(sha)
-            parents = by_sha[sha].parents
-            sha = parents[0].sha if parents else None
-        return chain, by_sha
+            commit = by_sha[sha]
+            date = commit.commit.committer.date
+            parents = [p.sha for p in commit.parents]
+            chain.append(
+                CommitInfo(
+                    sha=sha,
+                    parents=parents,
+                    at=date if date.tzinfo else date.replace(tzinfo=UTC),
+                    message=commit.commit.message,
+                )
+            )
+            sha = parents[0] if parents else None
+        return chain, {sha: c.commit.message for sha, c in by_sha.items()}
 
     def _scan(self) -> list[GitOpsEvent]:
-        chain, by_sha = self._commits()
-        index = RevertIndex.from_messages((sha, c.commit.message) for sha, c in by_sha.items())
-        reverts_of, reverted_by = index.reverts_of, index.reverted_by
+        chain, messages = self._commits()
+        subjects = {c.sha: c.subject for c in chain}
 
-        def when(commit) -> datetime:
-            date = commit.commit.committer.date
-            return date if date.tzinfo else date.replace(tzinfo=UTC)
+        def changed_paths(sha: str) -> list[str] | None:
+            # One request per commit, so only for what looks like a squashed pull request without trailers
+            # (e.g. "default to pull request title and description"); cached, commits never change.
+            if not _PR_SUBJECT_RE.search(subjects.get(sha, "")):
+                return None
+            if sha not in self._files:
+                commit = self._call("reading a commit", self.repo.get_commit, sha)
+                self._files[sha] = [f.filename for f in commit.files]
+            return self._files[sha]
 
-        position: dict[str, int] = {}
-        events: list[GitOpsEvent] = []
-        promos: dict[str, GitOpsEvent] = {}
-        for i, sha in enumerate(chain):
-            position[sha] = i
-            commit = by_sha[sha]
-            parents = [p.sha for p in commit.parents]
-            if len(parents) < 2:
-                continue
-            for p in parents[1:]:
-                position.setdefault(p, i)  # what a merge brought in sits where the merge is
-            if parents[1] in reverts_of or sha in reverts_of:
-                continue  # the merge of a revert pull request: a revert, not a promotion
-            side = by_sha.get(parents[1])
-            info = _trailer_map(side.commit.message) if side is not None else {}
-            if not info.get("Promotion-Environment"):
-                info = {**_trailer_map(commit.commit.message), **info}
-            pid = info.get("Promotion-Id")
-            if pid is None and (m := _MERGE_BRANCH_RE.search(commit.commit.message)):
-                pid = m.group(1)[len(BRANCH_PREFIX) :]
-            try:
-                model, version = parse_promotion_id(pid or "")
-            except ValueError:
-                continue
-            env, manifest = info.get("Promotion-Environment"), info.get("Promotion-Manifest")
-            if not env or not manifest:
-                data = self._read_bytes(record_path(pid), sha)
-                if data is None:
-                    continue
-                rec, _ = parse_record_file(data)
-                env, manifest = rec.environment, rec.manifest_path
-            event = GitOpsEvent(
-                kind="promote",
-                commit=sha,
-                promotion_id=pid,
-                model=model,
-                version=version,
-                environment=env,
-                manifest_path=manifest,
-                at=when(commit),
-                subject=commit.commit.message.split("\n", 1)[0],
-                reverted_by=reverted_by(sha),
-            )
-            promos[sha] = event
-            events.append(event)
-        for sha, target in reverts_of.items():
-            if target in promos and sha in by_sha:
-                commit = by_sha[sha]
-                events.append(
-                    promos[target].model_copy(
-                        update={
-                            "kind": "revert",
-                            "commit": sha,
-                            "at": when(commit),
-                            "subject": commit.commit.message.split("\n", 1)[0],
-                            "reverted_by": reverted_by(sha),
-                            "reverts": target,
-                        }
-                    )
-                )
-        return sorted(events, key=lambda e: (position.get(e.commit, len(chain)), e.kind != "revert"))
+        return promotion_events(
+            chain, messages.items(), lambda sha, path: self._read_bytes(path, sha), changed_paths=changed_paths
+        )
 
     def history(self, model: str | None = None) -> list[GitOpsEvent]:
         return [e for e in self._scan() if model is None or e.model == model]
@@ -723,8 +650,9 @@ class GitHubPublisher:
             )
         target = candidates[0]
         repo = self.repo
-        merge = self._call("reading a commit", repo.get_git_commit, target.commit)
-        first_parent = merge.parents[0].sha
+        # The promotion commit against its first parent: what a merge brought in, or the squashed/rebased commit.
+        promoted = self._call("reading a commit", repo.get_git_commit, target.commit)
+        first_parent = promoted.parents[0].sha
         base_sha = self.head()
         before, after, now = self._tree_map(first_parent), self._tree_map(target.commit), self._tree_map(base_sha)
         changed = sorted(set(before) ^ set(after) | {p for p in set(before) & set(after) if before[p] != after[p]})
@@ -803,7 +731,7 @@ class GitHubPublisher:
                 pr.merge,
                 commit_title=f"Merge rollback of {target.promotion_id} in {environment}",
                 commit_message=f"Merge pull request #{pr.number} ({branch}): rolls back {target.commit[:12]}.\n",
-                merge_method="merge",
+                merge_method=self.merge_method,
                 sha=commit.sha,
             )
         except GithubException as exc:
@@ -821,9 +749,8 @@ class GitHubPublisher:
 
 
 __all__: Sequence[str] = (
+    "DEFAULT_API_URL",
     "GitHubPublisher",
-    "GitHubSettings",
-    "RevertPendingError",
     "parse_github_remote",
     "api_url_for",
     "resolve_auth",
