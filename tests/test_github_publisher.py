@@ -14,6 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from github_standin import GitHubStandIn  # noqa: E402
+from merge_styles import STYLES, merge_by_hand, periods_of, promote_twice_then_revert  # noqa: E402
 
 from ct_pipeline.adapters.git_local import LocalGitPublisher, init_local_remote  # noqa: E402
 from ct_pipeline.adapters.github import GitHubPublisher, parse_github_remote, resolve_auth  # noqa: E402
@@ -467,3 +468,64 @@ def test_ctpipe_promotions_list_and_merge_on_github(standin, git_dir, publisher,
     assert "merged fraud-detector/v3 into main" in merged.output and synced == ["fraud-detector"]
     assert publisher.get_promotion("fraud-detector/v3").status == "merged"
     assert deployed_model(publisher, make_spec()).version == "3"
+
+
+# ------------------------------------------------------------------------------------------- merge styles
+
+
+def merge_on_github(standin, pub: GitHubPublisher, pid: str, style: str, **options) -> str:
+    """What a person clicking GitHub's merge button does (its default messages unless ``options`` say otherwise)."""
+    number = next(p.number for p in standin.open_pulls(REPO) if p.head == promotion_branch(pid))
+    return pub.repo.get_pull(number).merge(merge_method=style, **options).sha
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_merge_styles_give_the_same_history_on_github_and_local_git(standin, git_dir, publisher, tmp_path, style):
+    """v1 merged in GitHub's UI, v2 by the publisher, both ``style``; the rollback reverts v2. The git CLI
+    publisher, with v1 and v2 landed the same way by hand, reads the same production periods."""
+    local_remote = tmp_path / "local.git"
+    subprocess.run(["git", "clone", "--quiet", "--bare", str(git_dir), str(local_remote)], check=True)
+    publisher.merge_method = style
+
+    def merge_github(pid: str) -> str:
+        if pid.endswith("/v1"):
+            return merge_on_github(standin, publisher, pid, style)
+        return publisher.merge_promotion(pid)
+
+    github = promote_twice_then_revert(
+        publisher, make_spec(), style, git_dir, tmp_path, lambda v: open_version(publisher, v), merge_github
+    )
+    if style == "merge":
+        assert len(git(git_dir, "log", "-1", "--format=%P", "main").split()) == 2  # the rollback pull request
+    else:
+        assert "revert/fraud-detector/v2" not in branches(git_dir)
+
+    local = LocalGitPublisher(local_remote)
+    local_periods = promote_twice_then_revert(
+        local,
+        make_spec(),
+        style,
+        local_remote,
+        tmp_path,
+        lambda v: open_version(local, v),
+        lambda pid: merge_by_hand(local_remote, pid, style, tmp_path),
+    )
+    assert local_periods == github
+    # and each publisher reads the other's repository the same way
+    assert periods_of(LocalGitPublisher(git_dir), make_spec()) == github
+
+
+def test_a_squash_titled_by_the_pull_request_alone_is_found_by_its_record_file(standin, git_dir, publisher):
+    """GitHub's "default to pull request title and description" squash message carries no trailers."""
+    spec = make_spec()
+    record = open_version(publisher, "1")
+    squash = merge_on_github(
+        standin, publisher, record.id, "squash", commit_title=f"{record.title} (#1)", commit_message=record.body
+    )
+    assert "Promotion-Id" not in git(git_dir, "log", "-1", "--format=%B", squash)
+    (event,) = publisher.history()
+    assert (event.kind, event.version, event.commit) == ("promote", "1", squash)
+    assert [e.version for e in LocalGitPublisher(git_dir).history()] == ["1"]
+    publisher.revert_last_promotion("fraud-detector", "staging")
+    assert publisher.read_file(spec.manifest_path) == render_initial_values(spec)
+    assert [(e.kind, bool(e.reverted_by)) for e in publisher.history()] == [("revert", False), ("promote", True)]

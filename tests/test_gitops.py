@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from merge_styles import STYLES, merge_by_hand, promote_twice_then_revert
 
 from ct_pipeline.adapters.git_local import LocalGitPublisher, init_local_remote
 from ct_pipeline.adapters.publishers import deployed_model
@@ -373,3 +374,28 @@ def test_record_file_round_trip():
     assert stored.commit is None and stored.status == "open"  # live values are read from git
     assert doc["note"] == {"k": 1} and json.loads(files[record_path("m/v1")])["promotion"]["id"] == "m/v1"
     assert files[body_path("m/v1")] == b"b\n"
+
+
+# ------------------------------------------------------------------------------------------------ merge styles
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_promotions_merged_by_hand_any_way_are_history_and_revert_the_newest(spec, remote, publisher, tmp_path, style):
+    """A repository that allows only squash (or rebase) merges: a person lands the branch with the git CLI."""
+    # v2 squashed with a message of their own: no trailers, only the record file says what it promoted
+    messages = {"fraud-detector/v2": "Promote v2 (squashed by hand)"} if style == "squash" else {}
+    promote_twice_then_revert(
+        publisher,
+        spec,
+        style,
+        remote,
+        tmp_path,
+        lambda version: open_version(publisher, spec, version),
+        lambda pid: merge_by_hand(remote, pid, style, tmp_path, messages.get(pid)),
+    )
+    with pytest.raises(GitOpsError, match="already merged"):
+        publisher.merge_promotion("fraud-detector/v1")
+    publisher.revert_last_promotion("fraud-detector", "staging")  # then v1, also landed by hand
+    assert deployed_model(publisher, spec) is None
+    with pytest.raises(NothingToRevertError):
+        publisher.revert_last_promotion("fraud-detector", "staging")
