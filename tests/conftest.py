@@ -9,6 +9,8 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The gateway and the BentoML service live in serving/ as deployables of their own.
 sys.path.insert(0, str(REPO_ROOT / "serving"))
+# Shared scenario helpers: their asserts should explain themselves too.
+pytest.register_assert_rewrite("merge_styles")
 
 
 @pytest.fixture

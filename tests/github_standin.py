@@ -12,6 +12,10 @@ REST API under ``/api/v3`` (GitHub Enterprise layout; PyGithub's ``base_url``):
 repos, branches, git/{ref,refs,matching-refs,blobs,trees,commits}, commits (list, one), compare, contents,
 pulls (create, list, get, update, merge), issues/{n}/labels, app installation tokens (JWT checked).
 
+Pull requests merge the three ways GitHub does (``merge_method``): ``merge`` (a merge commit, two parents),
+``squash`` (one commit, one parent; default message "<title> (#<n>)" followed by every commit's message) and
+``rebase`` (each commit re-created on top of the base, one parent each).
+
 Behaviours the publisher must cope with, as GitHub has them: 422 "A pull request already exists", 422 "No
 commits between", 405 "not mergeable" on conflicts, 409 when the head moved, 422 when reopening a pull
 request whose branch was force-pushed, and injected faults (:meth:`GitHubStandIn.inject`) such as a 403
@@ -897,42 +901,83 @@ class _Handler(BaseHTTPRequestHandler):
             raise HTTPError(405, "Pull Request is not mergeable")
         if pull.state != "open":
             raise HTTPError(422, "Pull Request is not open")
-        if body.get("merge_method", "merge") != "merge":
-            raise HTTPError(422, "the stand-in only does merge commits")
+        method = body.get("merge_method", "merge")
+        if method not in ("merge", "squash", "rebase"):
+            raise HTTPError(422, f"Invalid merge_method {method!r}")
         head = r.rev(f"refs/heads/{pull.head}") or _raise(HTTPError(422, "Head branch does not exist"))
         if body.get("sha") and body["sha"] != head:
             raise HTTPError(409, "Head branch was modified. Review and try the merge again.")
         base = r.rev(f"refs/heads/{pull.base}")
-        res = subprocess.run(
-            ["git", f"--git-dir={r.git_dir}", "merge-tree", "--write-tree", base, head], capture_output=True, text=True
-        )
-        if res.returncode != 0:
-            raise HTTPError(405, "Pull Request is not mergeable")
-        tree = res.stdout.split()[0]
-        title = body.get("commit_title") or f"Merge pull request #{pull.number} from {r.owner}/{pull.head}"
-        message = body.get("commit_message", pull.title)
         env = {
             "GIT_AUTHOR_NAME": "GitHub Stand-in",
             "GIT_AUTHOR_EMAIL": "noreply@localhost",
             "GIT_COMMITTER_NAME": "GitHub",
             "GIT_COMMITTER_EMAIL": "noreply@localhost",
         }
-        sha = r.git(
-            "commit-tree",
-            tree,
-            "-p",
-            base,
-            "-p",
-            head,
-            "-F",
-            "-",
-            input=f"{title}\n\n{message}".rstrip().encode() + b"\n",
-            env=env,
-        ).strip()
+        if method == "rebase":
+            sha = self._rebase(r, base, head, env)
+        else:
+            res = subprocess.run(
+                ["git", f"--git-dir={r.git_dir}", "merge-tree", "--write-tree", base, head],
+                capture_output=True,
+                text=True,
+            )
+            if res.returncode != 0:
+                raise HTTPError(405, "Pull Request is not mergeable")
+            tree = res.stdout.split()[0]
+            if method == "merge":
+                title = body.get("commit_title") or f"Merge pull request #{pull.number} from {r.owner}/{pull.head}"
+                message = body.get("commit_message", pull.title)
+                parents = ["-p", base, "-p", head]
+            else:  # squash: one commit, one parent; by default the PR title (#n) and every commit's message
+                title = body.get("commit_title") or f"{pull.title} (#{pull.number})"
+                message = body.get("commit_message")
+                if message is None:
+                    shas = r.git("rev-list", "--reverse", f"{base}..{head}").split()
+                    message = "\n\n".join("* " + r.git("show", "-s", "--format=%B", c).strip() for c in shas)
+                parents = ["-p", base]
+            sha = r.git(
+                "commit-tree",
+                tree,
+                *parents,
+                "-F",
+                "-",
+                input=f"{title}\n\n{message}".rstrip().encode() + b"\n",
+                env=env,
+            ).strip()
         r.git("update-ref", f"refs/heads/{pull.base}", sha, base)
         pull.head_sha, pull.merged, pull.merge_commit_sha = head, True, sha
         pull.state, pull.merged_at, pull.closed_at = "closed", now_iso(), now_iso()
         return {"sha": sha, "merged": True, "message": "Pull Request successfully merged"}
+
+    def _rebase(self, r: Repo, base: str, head: str, env: dict) -> str:
+        """GitHub's "rebase and merge": each commit of the pull request re-created on top of the base (one parent
+        each, the author kept, GitHub the committer); returns the last one."""
+        current = base
+        with tempfile.TemporaryDirectory(prefix="standin-rebase-") as tmp:
+            index_env = {"GIT_INDEX_FILE": str(Path(tmp) / "index"), "GIT_WORK_TREE": tmp}
+            for commit in r.git("rev-list", "--reverse", "--no-merges", f"{base}..{head}").split():
+                r.git("read-tree", current, env=index_env)
+                patch = subprocess.run(
+                    ["git", f"--git-dir={r.git_dir}", "diff", "--binary", "--full-index", f"{commit}^", commit],
+                    capture_output=True,
+                    check=True,
+                ).stdout
+                applied = subprocess.run(
+                    ["git", f"--git-dir={r.git_dir}", "apply", "--cached", "-"],
+                    input=patch,
+                    capture_output=True,
+                    env={**os.environ, **index_env},
+                )
+                if applied.returncode != 0:
+                    raise HTTPError(405, "Pull Request is not mergeable (rebase conflicts)")
+                tree = r.git("write-tree", env=index_env).strip()
+                an, ae, ad, message = r.git("show", "-s", "--format=%an%x00%ae%x00%aI%x00%B", commit).split("\x00", 3)
+                author = {"GIT_AUTHOR_NAME": an, "GIT_AUTHOR_EMAIL": ae, "GIT_AUTHOR_DATE": ad}
+                current = r.git(
+                    "commit-tree", tree, "-p", current, "-F", "-", input=message.encode(), env={**env, **author}
+                ).strip()
+        return current
 
 
 def _raise(exc: Exception):

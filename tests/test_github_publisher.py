@@ -14,25 +14,18 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from github_standin import GitHubStandIn  # noqa: E402
+from merge_styles import STYLES, merge_by_hand, periods_of, promote_twice_then_revert  # noqa: E402
 
+from ct_pipeline.adapters.git_local import LocalGitPublisher, init_local_remote  # noqa: E402
+from ct_pipeline.adapters.github import GitHubPublisher, parse_github_remote, resolve_auth  # noqa: E402
+from ct_pipeline.adapters.publishers import deployed_model, publisher_for  # noqa: E402
 from ct_pipeline.domain.manifest import bump, render_initial_values  # noqa: E402
+from ct_pipeline.domain.promotion import promotion_branch, record_path  # noqa: E402
 from ct_pipeline.domain.records import BentoRef, PromotionRecord  # noqa: E402
 from ct_pipeline.domain.spec import parse_spec  # noqa: E402
-from ct_pipeline.github import GitHubPublisher, GitHubSettings, parse_github_remote, resolve_auth  # noqa: E402
-from ct_pipeline.gitops import (  # noqa: E402
-    GitOpsError,
-    GitPublisher,
-    LocalGitPublisher,
-    MergeConflictError,
-    NothingToRevertError,
-    RemoteError,
-    default_publisher,
-    deployed_model,
-    init_local_remote,
-    promotion_branch,
-    record_path,
-)
-from ct_pipeline.settings import Settings, load_settings  # noqa: E402
+from ct_pipeline.errors import GitOpsError, MergeConflictError, NothingToRevertError, RemoteError  # noqa: E402
+from ct_pipeline.ports import GitPublisher  # noqa: E402
+from ct_pipeline.settings import GitHubSettings, Settings, load_settings  # noqa: E402
 
 pytestmark = pytest.mark.integration  # real git, real HTTP
 REPO = "acme/gitops"
@@ -159,18 +152,18 @@ def test_default_publisher_chooses_github_for_github_remotes(standin, git_dir, t
     monkeypatch.setenv("CTPIPE_GITHUB_TOKEN", TOKEN)
     monkeypatch.setenv("CTPIPE_GITHUB_SECONDS_BETWEEN_WRITES", "0")
     monkeypatch.setenv("CTPIPE_GITOPS_REMOTE", "github.com/acme/gitops")
-    pub = default_publisher(Settings())
+    pub = publisher_for(Settings())
     assert isinstance(pub, GitHubPublisher) and isinstance(pub, GitPublisher)
     assert (pub.full_name, pub.api_url, pub.auth_source) == (REPO, standin.base_url, "CTPIPE_GITHUB_TOKEN")
     assert pub.head() == git(git_dir, "rev-parse", "main")
-    spec_remote = default_publisher(Settings(), make_spec(remote=f"{standin.origin}/acme/gitops"))
+    spec_remote = publisher_for(Settings(), make_spec(remote=f"{standin.origin}/acme/gitops"))
     assert isinstance(spec_remote, GitHubPublisher)
     monkeypatch.setenv("CTPIPE_GITOPS_REMOTE", str(git_dir))
-    assert isinstance(default_publisher(Settings()), LocalGitPublisher)
+    assert isinstance(publisher_for(Settings()), LocalGitPublisher)
     monkeypatch.setenv("CTPIPE_GITHUB_TOKEN", "wrong")
     monkeypatch.setenv("CTPIPE_GITOPS_REMOTE", "github.com/acme/gitops")
     with pytest.raises(RemoteError, match="rejected the credentials"):
-        default_publisher(Settings()).head()
+        publisher_for(Settings()).head()
 
 
 # ------------------------------------------------------------------------------------------- proposing
@@ -409,6 +402,7 @@ def test_without_credentials_the_error_says_where_to_put_them(monkeypatch):
     with pytest.raises(GitOpsError, match="CTPIPE_GITHUB_TOKEN.*GITHUB_TOKEN"):
         resolve_auth(cfg, "acme", "gitops", "https://api.github.com")
     monkeypatch.setenv("GITHUB_TOKEN", "abc")
+    cfg = fast_settings(airflow_conn_id="ctpipe_missing_connection")  # settings are read at the edge, once
     assert resolve_auth(cfg, "acme", "gitops", "https://api.github.com")[2] == "GITHUB_TOKEN"
 
 
@@ -474,3 +468,64 @@ def test_ctpipe_promotions_list_and_merge_on_github(standin, git_dir, publisher,
     assert "merged fraud-detector/v3 into main" in merged.output and synced == ["fraud-detector"]
     assert publisher.get_promotion("fraud-detector/v3").status == "merged"
     assert deployed_model(publisher, make_spec()).version == "3"
+
+
+# ------------------------------------------------------------------------------------------- merge styles
+
+
+def merge_on_github(standin, pub: GitHubPublisher, pid: str, style: str, **options) -> str:
+    """What a person clicking GitHub's merge button does (its default messages unless ``options`` say otherwise)."""
+    number = next(p.number for p in standin.open_pulls(REPO) if p.head == promotion_branch(pid))
+    return pub.repo.get_pull(number).merge(merge_method=style, **options).sha
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_merge_styles_give_the_same_history_on_github_and_local_git(standin, git_dir, publisher, tmp_path, style):
+    """v1 merged in GitHub's UI, v2 by the publisher, both ``style``; the rollback reverts v2. The git CLI
+    publisher, with v1 and v2 landed the same way by hand, reads the same production periods."""
+    local_remote = tmp_path / "local.git"
+    subprocess.run(["git", "clone", "--quiet", "--bare", str(git_dir), str(local_remote)], check=True)
+    publisher.merge_method = style
+
+    def merge_github(pid: str) -> str:
+        if pid.endswith("/v1"):
+            return merge_on_github(standin, publisher, pid, style)
+        return publisher.merge_promotion(pid)
+
+    github = promote_twice_then_revert(
+        publisher, make_spec(), style, git_dir, tmp_path, lambda v: open_version(publisher, v), merge_github
+    )
+    if style == "merge":
+        assert len(git(git_dir, "log", "-1", "--format=%P", "main").split()) == 2  # the rollback pull request
+    else:
+        assert "revert/fraud-detector/v2" not in branches(git_dir)
+
+    local = LocalGitPublisher(local_remote)
+    local_periods = promote_twice_then_revert(
+        local,
+        make_spec(),
+        style,
+        local_remote,
+        tmp_path,
+        lambda v: open_version(local, v),
+        lambda pid: merge_by_hand(local_remote, pid, style, tmp_path),
+    )
+    assert local_periods == github
+    # and each publisher reads the other's repository the same way
+    assert periods_of(LocalGitPublisher(git_dir), make_spec()) == github
+
+
+def test_a_squash_titled_by_the_pull_request_alone_is_found_by_its_record_file(standin, git_dir, publisher):
+    """GitHub's "default to pull request title and description" squash message carries no trailers."""
+    spec = make_spec()
+    record = open_version(publisher, "1")
+    squash = merge_on_github(
+        standin, publisher, record.id, "squash", commit_title=f"{record.title} (#1)", commit_message=record.body
+    )
+    assert "Promotion-Id" not in git(git_dir, "log", "-1", "--format=%B", squash)
+    (event,) = publisher.history()
+    assert (event.kind, event.version, event.commit) == ("promote", "1", squash)
+    assert [e.version for e in LocalGitPublisher(git_dir).history()] == ["1"]
+    publisher.revert_last_promotion("fraud-detector", "staging")
+    assert publisher.read_file(spec.manifest_path) == render_initial_values(spec)
+    assert [(e.kind, bool(e.reverted_by)) for e in publisher.history()] == [("revert", False), ("promote", True)]

@@ -8,27 +8,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from merge_styles import STYLES, merge_by_hand, promote_twice_then_revert
 
+from ct_pipeline.adapters.git_local import LocalGitPublisher, init_local_remote
+from ct_pipeline.adapters.publishers import deployed_model
 from ct_pipeline.domain.manifest import bump, render_initial_values
+from ct_pipeline.domain.promotion import body_path, parse_record_file, promotion_branch, promotion_id, record_path
 from ct_pipeline.domain.records import BentoRef, PromotionRecord
 from ct_pipeline.domain.spec import parse_spec
-from ct_pipeline.gitops import (
+from ct_pipeline.errors import (
     GitOpsError,
-    GitPublisher,
-    LocalGitPublisher,
     MergeConflictError,
     NothingToRevertError,
     PromotionNotFoundError,
     PushRejectedError,
     RemoteError,
-    body_path,
-    deployed_model,
-    init_local_remote,
-    parse_record_file,
-    promotion_branch,
-    promotion_id,
-    record_path,
 )
+from ct_pipeline.ports import GitPublisher
 
 pytestmark = pytest.mark.integration  # real git
 
@@ -371,10 +367,35 @@ def test_record_file_round_trip():
         status="merged",
         created_at=datetime(2026, 1, 1, tzinfo=UTC),
     )
-    from ct_pipeline.gitops import promotion_files
+    from ct_pipeline.domain.promotion import promotion_files
 
     files = promotion_files(record, note={"k": 1})
     stored, doc = parse_record_file(files[record_path("m/v1")])
     assert stored.commit is None and stored.status == "open"  # live values are read from git
     assert doc["note"] == {"k": 1} and json.loads(files[record_path("m/v1")])["promotion"]["id"] == "m/v1"
     assert files[body_path("m/v1")] == b"b\n"
+
+
+# ------------------------------------------------------------------------------------------------ merge styles
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_promotions_merged_by_hand_any_way_are_history_and_revert_the_newest(spec, remote, publisher, tmp_path, style):
+    """A repository that allows only squash (or rebase) merges: a person lands the branch with the git CLI."""
+    # v2 squashed with a message of their own: no trailers, only the record file says what it promoted
+    messages = {"fraud-detector/v2": "Promote v2 (squashed by hand)"} if style == "squash" else {}
+    promote_twice_then_revert(
+        publisher,
+        spec,
+        style,
+        remote,
+        tmp_path,
+        lambda version: open_version(publisher, spec, version),
+        lambda pid: merge_by_hand(remote, pid, style, tmp_path, messages.get(pid)),
+    )
+    with pytest.raises(GitOpsError, match="already merged"):
+        publisher.merge_promotion("fraud-detector/v1")
+    publisher.revert_last_promotion("fraud-detector", "staging")  # then v1, also landed by hand
+    assert deployed_model(publisher, spec) is None
+    with pytest.raises(NothingToRevertError):
+        publisher.revert_last_promotion("fraud-detector", "staging")

@@ -45,10 +45,10 @@ import jsonschema
 import pytest
 from ruamel.yaml import YAML
 
+from ct_pipeline.adapters.git_local import init_local_remote
 from ct_pipeline.domain.manifest import bump, read_deployed, render_initial_values
 from ct_pipeline.domain.records import BentoRef
 from ct_pipeline.domain.spec import discover_specs, load_spec
-from ct_pipeline.gitops import init_local_remote
 from ct_pipeline.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,9 +8,11 @@ from datetime import UTC, datetime
 
 import pytest
 
+from ct_pipeline.adapters.git_local import LocalGitPublisher, init_local_remote
+from ct_pipeline.adapters.publishers import deployed_model
+from ct_pipeline.domain.promotion import body_path, record_path
 from ct_pipeline.domain.records import BentoRef, GateCheck, GateDecision, ModelRef, WindowSnapshot
 from ct_pipeline.domain.spec import parse_spec
-from ct_pipeline.gitops import LocalGitPublisher, body_path, deployed_model, init_local_remote, record_path
 from ct_pipeline.promote import AlreadyDeployedError, PromotionError, PromotionRefusedError, promote, render_body
 
 pytestmark = pytest.mark.integration  # real git

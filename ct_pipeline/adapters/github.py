@@ -725,12 +725,18 @@ class GitHubPublisher:
         except BaseException:
             self._undo_branch(branch, created, old_tip, commit.sha)
             raise
+        if self.merge_method == "squash":  # the squashed commit is the revert: it keeps the revert's message
+            subject, _, rest = message.partition("\n")
+            merge_title, merge_message = f"{subject} (#{pr.number})", rest.lstrip("\n")
+        else:  # a merge commit names the revert only by a short sha (the revert commit is parent 2)
+            merge_title = f"Merge rollback of {target.promotion_id} in {environment}"
+            merge_message = f"Merge pull request #{pr.number} ({branch}): rolls back {target.commit[:12]}.\n"
         try:
             status = self._call(
                 "merging a pull request",
                 pr.merge,
-                commit_title=f"Merge rollback of {target.promotion_id} in {environment}",
-                commit_message=f"Merge pull request #{pr.number} ({branch}): rolls back {target.commit[:12]}.\n",
+                commit_title=merge_title,
+                commit_message=merge_message,
                 merge_method=self.merge_method,
                 sha=commit.sha,
             )

@@ -51,7 +51,7 @@ def edit_yaml(path: Path, change) -> None:
 
 
 def seed(args) -> None:
-    from ct_pipeline.gitops import init_local_remote
+    from ct_pipeline.adapters.git_local import init_local_remote
     from ct_pipeline.settings import Settings
     from ct_pipeline.domain.spec import discover_specs, load_spec
 
@@ -98,7 +98,8 @@ def seed(args) -> None:
 
 
 def publish_image(args) -> None:
-    from ct_pipeline.gitops import body_path, default_publisher, parse_record_file, promotion_files, record_path
+    from ct_pipeline.adapters.publishers import publisher_for
+    from ct_pipeline.domain.promotion import body_path, parse_record_file, promotion_files, record_path
     from ct_pipeline.domain.manifest import bump
     from ct_pipeline.domain.records import BentoRef
     from ct_pipeline.settings import configure_environment, get_settings
@@ -107,7 +108,7 @@ def publish_image(args) -> None:
     settings = get_settings()
     configure_environment(settings)
     spec = find_spec(settings.paths.models_dir, args.model)
-    publisher = default_publisher(settings, spec)
+    publisher = publisher_for(settings, spec)
     open_ = [p for p in publisher.list_promotions(spec.name) if p.status == "open"]
     if not open_:
         sys.exit(f"no open promotion of {spec.name}")

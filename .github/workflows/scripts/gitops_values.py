@@ -16,7 +16,7 @@ sys.path.insert(0, str(ROOT))
 
 from ruamel.yaml import YAML  # noqa: E402
 
-from ct_pipeline.gitops import init_local_remote  # noqa: E402
+from ct_pipeline.adapters.git_local import init_local_remote  # noqa: E402
 from ct_pipeline.domain.manifest import bump  # noqa: E402
 from ct_pipeline.domain.records import BentoRef  # noqa: E402
 from ct_pipeline.settings import Settings  # noqa: E402

@@ -120,9 +120,9 @@ def rolled_back_check(spec: ModelSpec, registry: ModelRegistry, version: str) ->
     model = spec.registered_model_name
     mine = registry.get_version_tags(model, version).get(tags.FINGERPRINT)
     for other in registry.versions_tagged(model, tags.ROLLED_BACK, "true"):
-        tags = registry.get_version_tags(model, other)
-        if other == version or (mine and tags.get(tags.FINGERPRINT) == mine):
-            commit = tags.get(tags.ROLLED_BACK_COMMIT, "")[:10]
+        other_tags = registry.get_version_tags(model, other)
+        if other == version or (mine and other_tags.get(tags.FINGERPRINT) == mine):
+            commit = other_tags.get(tags.ROLLED_BACK_COMMIT, "")[:10]
             same = "is" if other == version else f"is the same model (data and candidate) as v{other}, which was"
             return GateCheck(
                 name="rolled_back",
