@@ -12,8 +12,6 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
-import click
-
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -53,21 +51,22 @@ class CliState:
         return build_context(spec, self.settings, request, tracker=self.tracker())
 
 
+_STATE: CliState | None = None  # this invocation's state, set by the callback
+
+
 @app.callback()
 def _main(
-    ctx: typer.Context,
     debug: Annotated[bool, typer.Option("--debug", help="show the traceback of every error")] = False,
 ) -> None:
-    ctx.obj = CliState(settings=load_settings(), debug=debug)
+    global _STATE
+    _STATE = CliState(settings=load_settings(), debug=debug)
 
 
 def _state() -> CliState:
-    ctx = click.get_current_context()
-    state = ctx.find_object(CliState)
-    if state is None:  # a command invoked without the group callback (not through `app`)
-        state = CliState(settings=load_settings())
-        ctx.obj = state
-    return state
+    global _STATE
+    if _STATE is None:  # a command called without the group callback
+        _STATE = CliState(settings=load_settings())
+    return _STATE
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:

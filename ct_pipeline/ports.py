@@ -126,6 +126,7 @@ class Tracker(ModelRegistry, Protocol):
     def download_model(self, model: str, version: str, dst: Path) -> Path:
         """The registered version's model directory, copied under ``dst`` (for packaging)."""
         ...
+
     def model_version_run(self, model: str, version: str) -> str:
         """Run id of a registered version; raises RegistryError naming the store when it does not exist."""
         ...
@@ -135,9 +136,7 @@ class Tracker(ModelRegistry, Protocol):
 class DataReader(Protocol):
     """Reads ``[start, end)`` of a spec's data source (filters pushed down where the source can)."""
 
-    def read(
-        self, source: DataSource, spec: ModelSpec, start: datetime, end: datetime
-    ) -> tuple[pd.DataFrame, str]:
+    def read(self, source: DataSource, spec: ModelSpec, start: datetime, end: datetime) -> tuple[pd.DataFrame, str]:
         """The rows and a URI naming where they came from (passwords hidden)."""
         ...
 
@@ -215,4 +214,3 @@ __all__ = [
     "Runtime",
     "Tracker",
 ]
-

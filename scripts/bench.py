@@ -222,8 +222,8 @@ def prepare_model(home: Path):
         log(f"reusing the model and bento in {home}")
         os.environ.update(data["env"])
         settings = load_settings(
-        paths={"home": home}, serving={"gateway_port": free_port(), "model_server_base_port": free_port()}
-    )
+            paths={"home": home}, serving={"gateway_port": free_port(), "model_server_base_port": free_port()}
+        )
         return settings, BentoRef.model_validate(data["ref"]), data["row"], data["expected"]
     log(f"building the model and its bento in {home}")
     settings, ref, row, expected = build_model(home)
@@ -622,8 +622,8 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def start_servers(paths, args, settings, ref, servers: Servers) -> tuple[dict, dict, list]:
     """Start every server the paths need; returns (urls, pids per path, LocalRuntimes to stop)."""
-    from ct_pipeline.domain.records import DeployedModel
     from ct_pipeline.adapters.local_runtime import LocalRuntime
+    from ct_pipeline.domain.records import DeployedModel
     from ct_pipeline.settings import load_settings
 
     env = {**os.environ}
@@ -659,7 +659,11 @@ def start_servers(paths, args, settings, ref, servers: Servers) -> tuple[dict, d
             continue
         # the exact processes `ctpipe reconcile` starts (c-boff: with BentoML's adaptive batching off)
         log(f"{key}: model server + gateway started by ct_pipeline.adapters.local_runtime.LocalRuntime")
-        home = settings.paths.home_dir if key == "c" else settings.paths.home_dir.with_name(settings.paths.home_dir.name + "-" + key)
+        home = (
+            settings.paths.home_dir
+            if key == "c"
+            else settings.paths.home_dir.with_name(settings.paths.home_dir.name + "-" + key)
+        )
         runtime = LocalRuntime(
             load_settings(
                 paths={"home": home, "bentoml_home": settings.paths.bento_home},

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import norm
 
+from ct_pipeline.domain.spec import GateSpec
 from ct_pipeline.steps.gate.scoring import paired_bootstrap
 from ct_pipeline.steps.gate.verdict import decide
-from ct_pipeline.domain.spec import GateSpec
 
 
 def holdout(seed: int, rows: int, prevalence: float, auc_champion: float, auc_challenger: float, rho: float):

@@ -70,9 +70,9 @@ print("%s v%s (MLflow run %s), predictions %s" % (b["model"], b["version"], b["r
 image=$(python - "$MODEL" <<'PY'
 import sys
 from ct_pipeline.adapters.publishers import deployed_model, publisher_for
-from ct_pipeline.settings import get_settings
+from ct_pipeline.settings import load_settings
 from ct_pipeline.domain.spec import find_spec
-s = get_settings()
+s = load_settings()
 spec = find_spec(s.paths.models_dir, sys.argv[1])
 d = deployed_model(publisher_for(s, spec), spec)
 print(f"{d.image_repository}@{d.image_digest} (tag {d.image_tag})" if d and d.image_digest else "none (Bento only)")

@@ -4,19 +4,20 @@ import pandas as pd
 import pytest
 
 from ct_pipeline.adapters.data_sources import SourceReader
+from ct_pipeline.demo_data import FEATURES, generate_transactions, write_partitioned
 from ct_pipeline.domain.records import RunRequest
+from ct_pipeline.domain.spec import parse_spec
 from ct_pipeline.domain.window import content_hash, split_holdout
 from ct_pipeline.errors import DataError
 from ct_pipeline.steps.pull import pull
 from ct_pipeline.testing import make_context
-from ct_pipeline.demo_data import FEATURES, generate_transactions, write_partitioned
-from ct_pipeline.domain.spec import parse_spec
 
 
 def pull_window(spec, end, settings, window=None):
     """The pull step with the real data sources and fakes for every other port."""
     reader = SourceReader(settings.paths.data_root)
     return pull(make_context(spec, settings=settings, data=reader, request=RunRequest(end=end, window=window)))
+
 
 END = datetime(2026, 3, 1, tzinfo=UTC)
 

@@ -9,9 +9,8 @@ import pytest
 from scipy.special import expit, logit
 
 from ct_pipeline.domain.metrics import metric
-from ct_pipeline.domain.records import CandidateResult, ModelRef, TrainResult, WindowSnapshot
+from ct_pipeline.domain.records import CandidateResult, ModelRef, RunRequest, TrainResult, WindowSnapshot
 from ct_pipeline.domain.spec import GateSpec, parse_spec
-from ct_pipeline.domain.records import RunRequest
 from ct_pipeline.domain.tags import CHALLENGER, CHAMPION
 from ct_pipeline.errors import RegistryError
 from ct_pipeline.steps.gate import evaluate as evaluate_gate

@@ -24,8 +24,10 @@ from test_serving_support import (
     shared_bento_home,
 )
 
-from ct_pipeline.rollout import SERVING_DIR, LocalRuntime, stop_process_group
-from ct_pipeline.settings import Settings, load_settings
+from ct_pipeline.adapters.local_runtime import LocalRuntime, stop_process_group
+from ct_pipeline.settings import load_settings
+
+SERVING_DIR = Path(__file__).resolve().parents[1] / "serving"
 
 pytestmark = pytest.mark.integration
 
@@ -115,7 +117,7 @@ def stack(tmp_path_factory):
         mp.setenv("BENTOML_HOME", str(settings.paths.bento_home))
         mp.setenv("BENTOML_DO_NOT_TRACK", "true")
         mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        from ct_pipeline.package import build_bento
+        from ct_pipeline.adapters.bento import build_bento
 
         spec = make_spec(name=MODEL)
         version, run_id, model = register_model(MODEL)

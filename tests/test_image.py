@@ -22,22 +22,15 @@ from pathlib import Path
 import pytest
 from test_serving_support import frame, free_tcp_port, make_decision, make_spec, register_model, shared_bento_home
 
-from ct_pipeline import image as image_mod
+from ct_pipeline.adapters.engines import select_engine
+from ct_pipeline.adapters.oci_registry import Registry
 from ct_pipeline.domain.records import BentoRef
-from ct_pipeline.image import (
-    CT,
-    OCI,
-    EngineUnavailable,
-    ImageError,
-    Registry,
-    build_and_push,
-    image_repository,
-    image_tag,
-    package_image,
-    prepare_context,
-    select_engine,
-)
+from ct_pipeline.domain.tags import CT_LABEL as CT
+from ct_pipeline.domain.tags import OCI
+from ct_pipeline.errors import EngineUnavailable, ImageError
 from ct_pipeline.settings import Settings, load_settings
+from ct_pipeline.steps import package as image_mod
+from ct_pipeline.steps.package import build_and_push, image_repository, image_tag, package_image, prepare_context
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
@@ -106,7 +99,14 @@ def test_labels_carry_lineage(tmp_path):
 
 def test_no_engine_says_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.delenv("DOCKER_HOST", raising=False)
-    s = load_settings(paths={"home": tmp_path}, image={"engine": "auto", "docker_host": f"unix://{tmp_path}/no.sock", "base": "localhost/ct-pipeline/no-such-base:1"})
+    s = load_settings(
+        paths={"home": tmp_path},
+        image={
+            "engine": "auto",
+            "docker_host": f"unix://{tmp_path}/no.sock",
+            "base": "localhost/ct-pipeline/no-such-base:1",
+        },
+    )
     with pytest.raises(EngineUnavailable) as exc:
         select_engine(s)
     text = str(exc.value)
@@ -162,7 +162,16 @@ def containers():
 def img_settings(containers, tmp_path_factory):
     home = tmp_path_factory.mktemp("image-home")
     with pytest.MonkeyPatch.context() as mp:
-        s = load_settings(paths={"home": home, "bentoml_home": shared_bento_home(tmp_path_factory)}, image={"engine": "docker", "docker_host": containers["CTPIPE_DOCKER_HOST"], "registry": containers["CTPIPE_IMAGE_REGISTRY"], "base": containers["CTPIPE_IMAGE_BASE"], "repository_prefix": PREFIX})
+        s = load_settings(
+            paths={"home": home, "bentoml_home": shared_bento_home(tmp_path_factory)},
+            image={
+                "engine": "docker",
+                "docker_host": containers["CTPIPE_DOCKER_HOST"],
+                "registry": containers["CTPIPE_IMAGE_REGISTRY"],
+                "base": containers["CTPIPE_IMAGE_BASE"],
+                "repository_prefix": PREFIX,
+            },
+        )
         s.paths.home_dir.mkdir(parents=True, exist_ok=True)
         mp.setenv("MLFLOW_TRACKING_URI", s.tracking_uri)
         mp.setenv("BENTOML_HOME", str(s.paths.bento_home))
@@ -188,7 +197,7 @@ def docker_client(img_settings):
 @pytest.fixture(scope="module")
 def bento(img_settings):
     """A real Bento of a real MLflow model version (logistic regression on 3 features)."""
-    from ct_pipeline.package import build_bento
+    from ct_pipeline.adapters.bento import build_bento
 
     spec = make_spec()
     version, run_id, model = register_model(spec.name)

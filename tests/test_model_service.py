@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from test_serving_support import FEATURES, SPEC, frame, make_decision, make_spec, register_model, shared_bento_home
 
-from ct_pipeline.package import build_bento
+from ct_pipeline.adapters.bento import build_bento
 
 pytestmark = pytest.mark.integration
 
@@ -117,7 +117,12 @@ def test_string_feature_pipeline_scores_as_pyfunc(pkg_settings, monkeypatch):
     ref = build(spec, version, run_id, pkg_settings)
     config = json.loads(
         (
-            Path(pkg_settings.paths.bento_home) / "bentos" / name / ref.bento_tag.partition(":")[2] / "src" / "ct_model.json"
+            Path(pkg_settings.paths.bento_home)
+            / "bentos"
+            / name
+            / ref.bento_tag.partition(":")[2]
+            / "src"
+            / "ct_model.json"
         ).read_text()
     )
     assert config["feature_dtypes"]["channel"] == "string"

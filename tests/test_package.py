@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 from test_serving_support import FEATURES, make_decision, make_spec, register_model, shared_bento_home
 
-from ct_pipeline.package import (
-    PackageError,
+from ct_pipeline.adapters.bento import (
     bento_model_name,
     bento_model_version,
     build_bento,
     runtime_requirements,
     sanitize_label,
 )
+from ct_pipeline.errors import PackageError
 
 
 def test_sanitize_label():
@@ -90,7 +90,9 @@ def test_build_bento_for_real(pkg_settings):
     assert config["data_hash"] == "sha256:" + "ab" * 32 and config["model_uri"] == f"models:/fraud-detector/{version}"
     requirements = (bento_dir / "env" / "python" / "requirements.txt").read_text()
     assert "mlflow==" in requirements and "scikit-learn==" in requirements
-    model_dir = Path(pkg_settings.paths.bento_home) / "models" / "fraud-detector" / ref.bento_model_tag.partition(":")[2]
+    model_dir = (
+        Path(pkg_settings.paths.bento_home) / "models" / "fraud-detector" / ref.bento_model_tag.partition(":")[2]
+    )
     assert (model_dir / "mlflow_model" / "MLmodel").is_file()
 
     # idempotent: the same model + version returns the existing bento
@@ -122,7 +124,10 @@ def test_decision_run_mismatch(pkg_settings):
 def test_other_store_builds_in_a_subprocess(settings, tmp_path_factory, monkeypatch):
     """bentoml is already bound to the shared store in this process: a build for another store still lands
     in that store (via a subprocess), not in the bound one."""
-    from ct_pipeline.package import _bound_bento_home
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    def _bound_bento_home():
+        return Path(BentoMLContainer.bentoml_home.get()).resolve()
 
     shared = shared_bento_home(tmp_path_factory)
     monkeypatch.setenv("BENTOML_HOME", str(shared))

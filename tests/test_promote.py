@@ -9,11 +9,19 @@ from datetime import UTC, datetime
 import pytest
 
 from ct_pipeline.adapters.git_local import LocalGitPublisher, init_local_remote
-from ct_pipeline.adapters.publishers import deployed_model
+from ct_pipeline.adapters.publishers import deployed_model, publisher_for
 from ct_pipeline.domain.promotion import body_path, record_path
+from ct_pipeline.domain.promotion_body import render_body
 from ct_pipeline.domain.records import BentoRef, GateCheck, GateDecision, ModelRef, WindowSnapshot
 from ct_pipeline.domain.spec import parse_spec
-from ct_pipeline.promote import AlreadyDeployedError, PromotionError, PromotionRefusedError, promote, render_body
+from ct_pipeline.errors import AlreadyDeployedError, PromotionError, PromotionRefusedError
+from ct_pipeline.steps.promote import open_promotion
+
+
+def promote(spec, decision, bento, settings, publisher=None, extra_files=None):
+    """The promote step's core with the publisher the settings name (or the given one)."""
+    return open_promotion(spec, decision, bento, publisher or publisher_for(settings, spec), extra_files=extra_files)
+
 
 pytestmark = pytest.mark.integration  # real git
 

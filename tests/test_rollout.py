@@ -22,12 +22,9 @@ from test_serving_support import (
     shared_bento_home,
 )
 
-from ct_pipeline.domain.records import DeployedModel
-from ct_pipeline.rollout import (
+from ct_pipeline.adapters.local_runtime import (
     NOTHING_DEPLOYED,
     LocalRuntime,
-    RolloutError,
-    ServedState,
     _descendants,
     _live_members,
     describe,
@@ -38,7 +35,9 @@ from ct_pipeline.rollout import (
     stop_all,
     stop_process_group,
 )
-from ct_pipeline.settings import Settings, load_settings
+from ct_pipeline.domain.records import DeployedModel, ServedState
+from ct_pipeline.errors import RolloutError
+from ct_pipeline.settings import load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -53,14 +52,17 @@ def env(tmp_path_factory):
         mp.setenv("CTPIPE_HOME", str(home))
         for var in ("MLFLOW_TRACKING_URI", "BENTOML_HOME", "CTPIPE_GITOPS_REMOTE", "CTPIPE_DATA_DIR"):
             mp.delenv(var, raising=False)
-        settings = load_settings(paths={"bentoml_home": bento_home}, serving={"gateway_port": free_tcp_port(), "model_server_base_port": free_tcp_port()})
+        settings = load_settings(
+            paths={"bentoml_home": bento_home},
+            serving={"gateway_port": free_tcp_port(), "model_server_base_port": free_tcp_port()},
+        )
         settings.paths.home_dir.mkdir(parents=True, exist_ok=True)
         mp.setenv("MLFLOW_TRACKING_URI", settings.tracking_uri)
         mp.setenv("BENTOML_HOME", str(settings.paths.bento_home))
         mp.setenv("BENTOML_DO_NOT_TRACK", "true")
         mp.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-        from ct_pipeline.package import build_bento
+        from ct_pipeline.adapters.bento import build_bento
 
         spec = make_spec()
         versions = {}
@@ -282,7 +284,7 @@ def test_stale_pids_are_skipped(env):
     runtime = LocalRuntime(settings)
     import json
 
-    from ct_pipeline.rollout import ProcessInfo
+    from ct_pipeline.domain.records import ProcessInfo
 
     # a state.json left behind by a crashed machine: pids that are gone or belong to someone else
     ghost = ProcessInfo(pid=2**22 - 3, port=1, url="http://127.0.0.1:1", log="x", started_at="2026-01-01T00:00:00Z")

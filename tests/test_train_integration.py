@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ct_pipeline.domain.spec import parse_spec
 from ct_pipeline.adapters.mlflow import MlflowTracker as MlflowRegistry
 from ct_pipeline.domain.records import RunRequest
+from ct_pipeline.domain.spec import parse_spec
 from ct_pipeline.domain.tags import CHALLENGER, CHAMPION
 from ct_pipeline.steps.gate import gate
 from ct_pipeline.steps.pull import pull
@@ -28,6 +28,7 @@ def step_train(spec, settings, snapshot):
 
 def step_gate(spec, settings, trained):
     return gate(build_context(spec, settings, RunRequest(end=trained.snapshot.end)), trained)
+
 
 pytestmark = pytest.mark.integration
 

@@ -23,8 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ct_pipeline.domain.records import BentoRef, GateDecision
 from ct_pipeline.domain.spec import ModelSpec
-from ct_pipeline.errors import PackageError
-from ct_pipeline.errors import RegistryError
+from ct_pipeline.errors import PackageError, RegistryError
 from ct_pipeline.settings import Settings
 
 if TYPE_CHECKING:
@@ -46,8 +45,6 @@ _LABEL_BAD_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 _TAG_BAD_CHARS = re.compile(r"[^a-z0-9_.-]+")
 
 _MLFLOW_TYPES = {"double", "float", "long", "integer", "boolean", "string"}
-
-
 
 
 def sanitize_label(value: Any) -> str:
@@ -141,8 +138,6 @@ def _bento_ref(bento, data_hash: str) -> BentoRef:
     )
 
 
-
-
 def _import_bento_model(spec: ModelSpec, version: str, run_id: str, data_hash: str, model_uri: str, local: Path):
     import bentoml
     from bentoml.exceptions import NotFound
@@ -166,14 +161,6 @@ def _import_bento_model(spec: ModelSpec, version: str, run_id: str, data_hash: s
         )
     except Exception as exc:
         raise PackageError(f"could not import {model_uri} (run {run_id}) into BentoML: {exc}") from exc
-
-
-
-
-
-
-
-
 
 
 def _build(spec: ModelSpec, decision: GateDecision, settings: Settings, tracker: MlflowTracker) -> BentoRef:
@@ -254,8 +241,6 @@ def _build(spec: ModelSpec, decision: GateDecision, settings: Settings, tracker:
             if stashed is not None:
                 sys.modules[SERVICE_MODULE] = stashed
     return _bento_ref(bento, data_hash)
-
-
 
 
 def _bind_store(home: Path) -> Path:

@@ -6,6 +6,7 @@ available" names what is missing.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import subprocess

@@ -26,12 +26,11 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
-
+from typing import Any
 
 from ct_pipeline.domain.records import DeployedModel, ProcessInfo, ServedState
-from ct_pipeline.ports import Runtime
 from ct_pipeline.errors import RolloutError
+from ct_pipeline.ports import Runtime
 from ct_pipeline.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -42,8 +41,6 @@ MODEL_SERVER_READY_TIMEOUT = 180.0
 GATEWAY_READY_TIMEOUT = 60.0
 STOP_GRACE = 0.5  # after the gateway drained, before SIGTERM to the old model server
 STOP_TIMEOUT = 30.0  # SIGTERM -> SIGKILL
-
-
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -358,7 +355,9 @@ class LocalRuntime:
 
     def _start_model_server(self, desired: DeployedModel, bento_tag: str, taken: set[int]) -> ProcessInfo:
         # never the gateway port: that one is reserved for the first gateway
-        port = free_port(self.host, self.settings.serving.model_server_base_port, taken | {self.settings.serving.gateway_port})
+        port = free_port(
+            self.host, self.settings.serving.model_server_base_port, taken | {self.settings.serving.gateway_port}
+        )
         log = self.logs / f"{desired.model}-model-server-{port}.log"
         env = {
             # The model service's own defaults (BentoML adaptive batching on, CT_* settings) unless the

@@ -137,7 +137,9 @@ class MlflowTracker:
         except MlflowException as exc:
             if exc.error_code in _MISSING:
                 return None
-            raise TrackingError(f"MLflow registry {self.registry_uri}: reading alias {alias} of {model}: {exc}") from exc
+            raise TrackingError(
+                f"MLflow registry {self.registry_uri}: reading alias {alias} of {model}: {exc}"
+            ) from exc
         return ModelRef(version=str(mv.version), run_id=mv.run_id or "")
 
     def set_alias(self, model: str, alias: str, version: str) -> None:

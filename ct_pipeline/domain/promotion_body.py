@@ -6,6 +6,7 @@ Pure: renders markdown from records, so the GitHub pull request, the local PR.md
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 
 from ct_pipeline.domain.records import BentoRef, DeployedModel, GateDecision
 from ct_pipeline.domain.spec import ModelSpec

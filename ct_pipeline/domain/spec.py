@@ -7,7 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ct_pipeline.domain.common import Strict, TaskType
 from ct_pipeline.errors import SpecError
@@ -16,8 +16,6 @@ from ct_pipeline.families import candidate_union
 _WINDOW_RE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _WINDOW_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 _NAME_RE = r"^[a-z0-9][a-z0-9-]{0,62}$"
-
-
 
 
 def parse_window(text: str) -> timedelta:

@@ -27,7 +27,7 @@ import re
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -45,12 +45,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 _TAG_BAD = re.compile(r"[^A-Za-z0-9_.-]+")
 _REPO_BAD = re.compile(r"[^a-z0-9._/-]+")
 _FROM = re.compile(r"^(FROM\s+(?:--\S+\s+)*)(\S+)", re.MULTILINE | re.IGNORECASE)
-
-
-
-
-
-
 
 
 def image_repository(settings: Settings, model: str) -> str:
@@ -114,8 +108,6 @@ def same_model(labels: Mapping[str, str] | None, bento: BentoRef) -> bool:
     return all(labels.get(k) == v for k, v in wanted.items())
 
 
-
-
 def prepare_context(bento: BentoRef, settings: Settings, dest: Path) -> str:
     """Lay out the build context of ``bento`` in ``dest`` (as ``bentoml containerize`` does) and return the
     Dockerfile's path relative to it: the Bento, its models under ``models/``, BentoML's generated Dockerfile
@@ -151,13 +143,17 @@ def prepare_context(bento: BentoRef, settings: Settings, dest: Path) -> str:
     return "env/docker/Dockerfile"
 
 
-
-
-def build_and_push(bento: BentoRef, settings: Settings, engine: ImageEngine, registry: ImageRegistry) -> BentoRef:
+def build_and_push(
+    bento: BentoRef, settings: Settings, engine: ImageEngine | None = None, registry: ImageRegistry | None = None
+) -> BentoRef:
     """Build (or reuse) the image of ``bento``, push it, read its digest back from the registry and return
     ``bento`` with ``image_repository`` / ``image_tag`` / ``image_digest``. Raises :class:`ImageError`."""
     repository, tag = image_repository(settings, bento.model), image_tag(bento)
     ref = f"{repository}:{tag}"
+    if registry is None:
+        from ct_pipeline.adapters.oci_registry import Registry
+
+        registry = Registry(settings.image.registry, settings.image.registry_insecure)
     try:
         registry.check()  # fail before a long build when the push could not happen anyway
         existing = registry.labels(repository, tag)
@@ -172,6 +168,10 @@ def build_and_push(bento: BentoRef, settings: Settings, engine: ImageEngine, reg
                 existing.get(tags.LABEL_MODEL_VERSION),
                 existing.get(tags.LABEL_RUN_ID),
             )
+        if engine is None:
+            from ct_pipeline.adapters.engines import select_engine
+
+            engine = select_engine(settings)
         if same_model(engine.labels(ref), bento):
             log.info("local image %s matches %s v%s: pushing it without a rebuild", ref, bento.model, bento.version)
         else:
@@ -201,26 +201,38 @@ def _with_image(bento: BentoRef, repository: str, tag: str, digest: str | None) 
     return bento.model_copy(update={"image_repository": repository, "image_tag": tag, "image_digest": digest})
 
 
-def package_image(ctx: StepContext, bento: BentoRef) -> BentoRef:
+def package_image(
+    bento: BentoRef,
+    settings: Settings,
+    engine: Callable[[], ImageEngine | None] | None = None,
+    registry: Callable[[], ImageRegistry] | None = None,
+) -> BentoRef:
     """The package step's image part: ``none`` -> the Bento only; ``auto`` without a usable engine -> the
     Bento only, with a warning saying what is missing; otherwise :func:`build_and_push` (errors propagate, so
-    a failed build or push stops the run before the promotion)."""
-    settings = ctx.settings
+    a failed build or push stops the run before the promotion). ``engine`` / ``registry`` are the context's
+    factories (default: the configured engine and registry)."""
     if settings.image.engine == "none":
         log.info("CTPIPE_IMAGE_ENGINE=none: packaging the Bento only")
         return bento
+    if engine is None:
+        from ct_pipeline.adapters.engines import select_engine
+
+        def engine() -> ImageEngine:
+            return select_engine(settings)
+
     try:
-        engine = ctx.image_engine
+        found = engine()
     except EngineUnavailable as exc:
         if settings.image.engine != "auto":
             raise
         log.warning("%s -> packaging the Bento only (no image)", exc)
         return bento
-    if engine is None:
+    if found is None:
         return bento
-    return build_and_push(bento, settings, engine, ctx.image_registry())
+    return build_and_push(bento, settings, found, registry() if registry is not None else None)
 
 
 def package(ctx: StepContext, decision: GateDecision) -> BentoRef:
     """The Bento of the approved version, then its image pushed and pinned by digest when an engine is there."""
-    return package_image(ctx, ctx.bentos.build(ctx.spec, decision))
+    bento = ctx.bentos.build(ctx.spec, decision)
+    return package_image(bento, ctx.settings, engine=lambda: ctx.image_engine, registry=ctx.image_registry)

@@ -8,10 +8,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ct_pipeline.domain.promotion import body_path, promotion_branch, promotion_files, promotion_id, record_path
-
 from ct_pipeline.context import StepContext
 from ct_pipeline.domain.manifest import bump, changed_values, read_deployed, render_initial_values
+from ct_pipeline.domain.promotion import body_path, promotion_branch, promotion_files, promotion_id, record_path
 from ct_pipeline.domain.promotion_body import render_body
 from ct_pipeline.domain.records import BentoRef, GateDecision, PromotionRecord
 from ct_pipeline.domain.spec import ModelSpec

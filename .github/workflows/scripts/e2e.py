@@ -52,13 +52,13 @@ def edit_yaml(path: Path, change) -> None:
 
 def seed(args) -> None:
     from ct_pipeline.adapters.git_local import init_local_remote
-    from ct_pipeline.settings import Settings
+    from ct_pipeline.settings import load_settings
     from ct_pipeline.domain.spec import discover_specs, load_spec
 
     bare = Path(args.root) / f"{args.repo}.git"
     specs = [load_spec(p) for p in discover_specs(ROOT / "models")]
     with tempfile.TemporaryDirectory() as tmp:
-        init_local_remote(Settings(home=Path(tmp) / "home", gitops_remote=str(bare)), specs)
+        init_local_remote(load_settings(paths={"home": Path(tmp) / "home"}, gitops={"remote": str(bare)}), specs)
         work = Path(tmp) / "work"
         sh("git", "clone", "--quiet", str(bare), str(work))
 
@@ -102,11 +102,10 @@ def publish_image(args) -> None:
     from ct_pipeline.domain.promotion import body_path, parse_record_file, promotion_files, record_path
     from ct_pipeline.domain.manifest import bump
     from ct_pipeline.domain.records import BentoRef
-    from ct_pipeline.settings import configure_environment, get_settings
+    from ct_pipeline.settings import load_settings
     from ct_pipeline.domain.spec import find_spec
 
-    settings = get_settings()
-    configure_environment(settings)
+    settings = load_settings()
     spec = find_spec(settings.paths.models_dir, args.model)
     publisher = publisher_for(settings, spec)
     open_ = [p for p in publisher.list_promotions(spec.name) if p.status == "open"]

@@ -19,14 +19,14 @@ from ruamel.yaml import YAML  # noqa: E402
 from ct_pipeline.adapters.git_local import init_local_remote  # noqa: E402
 from ct_pipeline.domain.manifest import bump  # noqa: E402
 from ct_pipeline.domain.records import BentoRef  # noqa: E402
-from ct_pipeline.settings import Settings  # noqa: E402
+from ct_pipeline.settings import load_settings  # noqa: E402
 from ct_pipeline.domain.spec import discover_specs, load_spec  # noqa: E402
 
 
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     specs = [load_spec(p) for p in discover_specs(ROOT / "models")]
-    settings = Settings(home=out / "home", gitops_remote=str(out / "gitops.git"))
+    settings = load_settings(paths={"home": out / "home"}, gitops={"remote": str(out / "gitops.git")})
     remote = init_local_remote(settings, specs)
     subprocess.run(["git", "clone", "--quiet", remote, str(out / "gitops")], check=True)
     values_dir = out / "values"

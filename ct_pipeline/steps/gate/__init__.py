@@ -32,7 +32,9 @@ def score(ctx: StepContext, trained: TrainResult) -> Evidence:
     challenger_scores = scores_from_prediction(challenger_model.predict(X))
     ev = Evidence(
         best=best,
-        challenger=ModelRef(version=best.version, run_id=best.run_id, metric=metric(spec.metric.name, y, challenger_scores)),
+        challenger=ModelRef(
+            version=best.version, run_id=best.run_id, metric=metric(spec.metric.name, y, challenger_scores)
+        ),
         holdout=holdout,
         y=y,
         challenger_scores=challenger_scores,

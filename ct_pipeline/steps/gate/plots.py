@@ -80,10 +80,17 @@ def curves_plot(spec: ModelSpec, decision: GateDecision, y, challenger, champion
         from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
         fig, (roc_ax, pr_ax) = plt.subplots(1, 2, figsize=(10, 4.2))
-        for name, scores, colour in models:
-            fpr, tpr, _ = roc_curve(y, scores)
+        for name, all_scores, colour in models:
+            # Broken predictions fail the gate's predictions check; the plot still shows the finite rows.
+            finite = np.isfinite(all_scores)
+            if not finite.all():
+                name = f"{name}, {int((~finite).sum())} non-finite dropped"
+            y_ok, scores = np.asarray(y)[finite], all_scores[finite]
+            if len(np.unique(y_ok)) < 2:
+                continue
+            fpr, tpr, _ = roc_curve(y_ok, scores)
             roc_ax.plot(fpr, tpr, color=colour, label=f"{name} (AUC {auc(fpr, tpr):.4f})")
-            precision, recall, _ = precision_recall_curve(y, scores)
+            precision, recall, _ = precision_recall_curve(y_ok, scores)
             pr_ax.plot(recall, precision, color=colour, label=name)
         roc_ax.plot([0, 1], [0, 1], color="black", linewidth=0.6, linestyle=":")
         roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (holdout)")
