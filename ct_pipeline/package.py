@@ -29,6 +29,8 @@ from ct_pipeline.settings import Settings, configure_environment
 # serving/ is a deployable of its own, next to the package in the repo (CTPIPE_SERVING_DIR overrides).
 SERVING_DIR = Path(os.environ.get("CTPIPE_SERVING_DIR") or Path(__file__).resolve().parents[1] / "serving")
 SERVICE_SOURCE = SERVING_DIR / "model_service" / "service.py"
+# The request contract service.py shares with the gateway: copied next to it into the bento.
+CONTRACT_SOURCE = SERVING_DIR / "ct_contract.py"
 SERVICE_MODULE = "service"
 SERVICE_CLASS = "CTModelService"
 SERVICE_IMPORT = f"{SERVICE_MODULE}:{SERVICE_CLASS}"
@@ -262,12 +264,14 @@ def _build(spec: ModelSpec, decision: GateDecision, settings: Settings) -> Bento
         "labels": labels,
         "built_at": datetime.now(UTC).isoformat(),
     }
-    if not SERVICE_SOURCE.is_file():
-        raise PackageError(f"serving code not found: {SERVICE_SOURCE}")
+    for source in (SERVICE_SOURCE, CONTRACT_SOURCE):
+        if not source.is_file():
+            raise PackageError(f"serving code not found: {source}")
 
     with tempfile.TemporaryDirectory(prefix=f"bento-{spec.name}-") as tmp:
         ctx = Path(tmp)
         shutil.copy2(SERVICE_SOURCE, ctx / "service.py")
+        shutil.copy2(CONTRACT_SOURCE, ctx / CONTRACT_SOURCE.name)
         (ctx / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         description = (
             f"# {spec.name} v{version}\n\n{spec.description}\n\n"
@@ -282,7 +286,7 @@ def _build(spec: ModelSpec, decision: GateDecision, settings: Settings) -> Bento
                 name=bento_model_name(spec.name),
                 labels=labels,
                 description=description,
-                include=["service.py", CONFIG_FILE],
+                include=["service.py", CONTRACT_SOURCE.name, CONFIG_FILE],
                 python={"packages": runtime_requirements(), "lock_packages": False},
                 build_ctx=str(ctx),
             )

@@ -25,7 +25,7 @@ from test_serving_support import (
 )
 
 from ct_pipeline.rollout import SERVING_DIR, LocalRuntime, stop_process_group
-from ct_pipeline.settings import Settings, load_settings
+from ct_pipeline.settings import load_settings
 
 pytestmark = pytest.mark.integration
 
