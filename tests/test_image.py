@@ -106,7 +106,14 @@ def test_labels_carry_lineage(tmp_path):
 
 def test_no_engine_says_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.delenv("DOCKER_HOST", raising=False)
-    s = load_settings(paths={"home": tmp_path}, image={"engine": "auto", "docker_host": f"unix://{tmp_path}/no.sock", "base": "localhost/ct-pipeline/no-such-base:1"})
+    s = load_settings(
+        paths={"home": tmp_path},
+        image={
+            "engine": "auto",
+            "docker_host": f"unix://{tmp_path}/no.sock",
+            "base": "localhost/ct-pipeline/no-such-base:1",
+        },
+    )
     with pytest.raises(EngineUnavailable) as exc:
         select_engine(s)
     text = str(exc.value)
@@ -162,7 +169,16 @@ def containers():
 def img_settings(containers, tmp_path_factory):
     home = tmp_path_factory.mktemp("image-home")
     with pytest.MonkeyPatch.context() as mp:
-        s = load_settings(paths={"home": home, "bentoml_home": shared_bento_home(tmp_path_factory)}, image={"engine": "docker", "docker_host": containers["CTPIPE_DOCKER_HOST"], "registry": containers["CTPIPE_IMAGE_REGISTRY"], "base": containers["CTPIPE_IMAGE_BASE"], "repository_prefix": PREFIX})
+        s = load_settings(
+            paths={"home": home, "bentoml_home": shared_bento_home(tmp_path_factory)},
+            image={
+                "engine": "docker",
+                "docker_host": containers["CTPIPE_DOCKER_HOST"],
+                "registry": containers["CTPIPE_IMAGE_REGISTRY"],
+                "base": containers["CTPIPE_IMAGE_BASE"],
+                "repository_prefix": PREFIX,
+            },
+        )
         s.paths.home_dir.mkdir(parents=True, exist_ok=True)
         mp.setenv("MLFLOW_TRACKING_URI", s.tracking_uri)
         mp.setenv("BENTOML_HOME", str(s.paths.bento_home))

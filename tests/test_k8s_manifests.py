@@ -45,7 +45,7 @@ from ct_pipeline.domain.manifest import bump, read_deployed
 from ct_pipeline.domain.records import BentoRef
 from ct_pipeline.domain.spec import discover_specs, load_spec
 from ct_pipeline.gitops import init_local_remote
-from ct_pipeline.settings import Settings, load_settings
+from ct_pipeline.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "charts" / "ct-serving"

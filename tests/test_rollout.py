@@ -38,7 +38,7 @@ from ct_pipeline.rollout import (
     stop_all,
     stop_process_group,
 )
-from ct_pipeline.settings import Settings, load_settings
+from ct_pipeline.settings import load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +53,10 @@ def env(tmp_path_factory):
         mp.setenv("CTPIPE_HOME", str(home))
         for var in ("MLFLOW_TRACKING_URI", "BENTOML_HOME", "CTPIPE_GITOPS_REMOTE", "CTPIPE_DATA_DIR"):
             mp.delenv(var, raising=False)
-        settings = load_settings(paths={"bentoml_home": bento_home}, serving={"gateway_port": free_tcp_port(), "model_server_base_port": free_tcp_port()})
+        settings = load_settings(
+            paths={"bentoml_home": bento_home},
+            serving={"gateway_port": free_tcp_port(), "model_server_base_port": free_tcp_port()},
+        )
         settings.paths.home_dir.mkdir(parents=True, exist_ok=True)
         mp.setenv("MLFLOW_TRACKING_URI", settings.tracking_uri)
         mp.setenv("BENTOML_HOME", str(settings.paths.bento_home))
