@@ -12,7 +12,9 @@ import json
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from gateway.app import GatewaySettings, UpstreamMetadata, build_request_model, create_app
+from gateway.routes import create_app
+from gateway.schema import UpstreamMetadata, build_request_model
+from gateway.settings import GatewaySettings
 
 FEATURES = ["amount", "n_tx", "age-days", "model_config"]
 DTYPES = {"amount": "double", "n_tx": "long", "age-days": "float", "model_config": "double"}
@@ -84,6 +86,30 @@ def test_schema_from_metadata():
     assert row_schema["required"] == FEATURES and row_schema["additionalProperties"] is False
     assert schema["properties"]["rows"]["maxItems"] == 10 and schema["properties"]["rows"]["minItems"] == 1
     assert meta.version == "2"
+
+
+def test_gateway_and_model_service_share_one_request_contract():
+    """Both sides validate with ct_contract's types and agree on the body's key and the batch size."""
+    import ast
+    from pathlib import Path
+
+    import ct_contract
+    from gateway import schema
+
+    assert schema.FIELD_TYPES is ct_contract.FIELD_TYPES
+    assert set(ct_contract.NUMPY_DTYPES) == set(ct_contract.FIELD_TYPES)
+    meta = UpstreamMetadata(model="m", version="1", features=FEATURES, feature_dtypes=DTYPES)
+    assert list(build_request_model(meta, max_rows=1).model_fields) == [ct_contract.ROWS_FIELD]
+    assert GatewaySettings().batch_max_rows == ct_contract.MAX_BATCH_ROWS
+    # the model service (BentoML maps the body's keys to the API's parameters; not imported here: it loads a model)
+    service = Path(ct_contract.__file__).parent / "model_service" / "service.py"
+    tree = ast.parse(service.read_text())
+    predict = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "predict")
+    assert [a.arg for a in predict.args.args] == ["self", ct_contract.ROWS_FIELD]
+    imported = {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "ct_contract" for a in n.names
+    }
+    assert {"FIELD_TYPES", "NUMPY_DTYPES", "MAX_BATCH_ROWS"} <= imported
 
 
 def test_unknown_dtype_rejected():

@@ -115,16 +115,8 @@ def test_string_feature_pipeline_scores_as_pyfunc(pkg_settings, monkeypatch):
     features = [*FEATURES, "channel"]
     spec = make_spec(name=name, data={**SPEC["data"], "features": features})
     ref = build(spec, version, run_id, pkg_settings)
-    config = json.loads(
-        (
-            Path(pkg_settings.paths.bento_home)
-            / "bentos"
-            / name
-            / ref.bento_tag.partition(":")[2]
-            / "src"
-            / "ct_model.json"
-        ).read_text()
-    )
+    src = Path(pkg_settings.paths.bento_home) / "bentos" / name / ref.bento_tag.partition(":")[2] / "src"
+    config = json.loads((src / "ct_model.json").read_text())
     assert config["feature_dtypes"]["channel"] == "string"
 
     module, service = load_service(pkg_settings.paths.bento_home, ref.bento_tag, monkeypatch)

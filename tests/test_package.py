@@ -81,9 +81,11 @@ def test_build_bento_for_real(pkg_settings):
     assert [m["tag"] for m in info["services"][0]["models"]] == [ref.bento_model_tag]
     bento_dir = Path(pkg_settings.paths.bento_home) / "bentos" / "fraud-detector" / ref.bento_tag.partition(":")[2]
     src = bento_dir / "src"
-    assert {p.name for p in src.iterdir()} <= {"ct_model.json", "service.py", "bentofile.yaml"}
-    serving_source = Path(__file__).parents[1] / "serving" / "model_service" / "service.py"
-    assert (src / "service.py").read_bytes() == serving_source.read_bytes()
+    assert {p.name for p in src.iterdir()} <= {"ct_model.json", "service.py", "ct_contract.py", "bentofile.yaml"}
+    serving = Path(__file__).parents[1] / "serving"
+    assert (src / "service.py").read_bytes() == (serving / "model_service" / "service.py").read_bytes()
+    # the request contract service.py imports, the same file the gateway imports
+    assert (src / "ct_contract.py").read_bytes() == (serving / "ct_contract.py").read_bytes()
     config = json.loads((src / "ct_model.json").read_text())
     assert config["features"] == FEATURES
     assert config["feature_dtypes"] == {"amount": "double", "n_tx": "long", "age-days": "double"}

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from ct_pipeline.ports import Tracker as MlflowTracker
 
 SERVICE_FILE = Path("model_service") / "service.py"  # under settings.paths.serving_root
+# The request contract service.py shares with the gateway: copied next to it into the bento.
+CONTRACT_FILE = Path("ct_contract.py")
 SERVICE_MODULE = "service"
 SERVICE_CLASS = "CTModelService"
 SERVICE_IMPORT = f"{SERVICE_MODULE}:{SERVICE_CLASS}"
@@ -209,13 +211,16 @@ def _build(spec: ModelSpec, decision: GateDecision, settings: Settings, tracker:
         "labels": labels,
         "built_at": datetime.now(UTC).isoformat(),
     }
-    service_source = settings.paths.serving_root / SERVICE_FILE
-    if not service_source.is_file():
-        raise PackageError(f"serving code not found: {service_source}")
+    serving = settings.paths.serving_root
+    service_source, contract_source = serving / SERVICE_FILE, serving / CONTRACT_FILE
+    for source in (service_source, contract_source):
+        if not source.is_file():
+            raise PackageError(f"serving code not found: {source}")
 
     with tempfile.TemporaryDirectory(prefix=f"bento-{spec.name}-") as tmp:
         ctx = Path(tmp)
         shutil.copy2(service_source, ctx / "service.py")
+        shutil.copy2(contract_source, ctx / CONTRACT_FILE.name)
         (ctx / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         description = (
             f"# {spec.name} v{version}\n\n{spec.description}\n\n"
@@ -230,7 +235,7 @@ def _build(spec: ModelSpec, decision: GateDecision, settings: Settings, tracker:
                 name=bento_model_name(spec.name),
                 labels=labels,
                 description=description,
-                include=["service.py", CONFIG_FILE],
+                include=["service.py", CONTRACT_FILE.name, CONFIG_FILE],
                 python={"packages": runtime_requirements(), "lock_packages": False},
                 build_ctx=str(ctx),
             )

@@ -1,5 +1,8 @@
 """The request schema, generated from the model server's ``/metadata`` (the model's MLflow signature).
 
+The field types per MLflow dtype are the shared contract's (:mod:`ct_contract`), the ones the model server
+validates with.
+
 ``{"rows": [Row, ...]}``: 1..max_rows rows, every feature required with its signature type, unknown fields
 refused. Rows are TypedDicts, so validating a body (``model_validate_json``: parse + validate in one pass
 in pydantic-core) yields plain ``{feature: value}`` dicts ready to forward, no model objects to dump.
@@ -7,49 +10,13 @@ in pydantic-core) yields plain ``{feature: value}`` dicts ready to forward, no m
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StrictFloat,
-    StrictStr,
-    ValidationError,
-    create_model,
-    field_validator,
-)
+from ct_contract import DEFAULT_DTYPE, FIELD_TYPES, ROWS_FIELD
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 from typing_extensions import TypedDict
 
-
-def _whole_number(value: float) -> int:
-    if not float(value).is_integer():
-        raise ValueError("Input should be a whole number")
-    return int(value)
-
-
-_Number = Annotated[StrictFloat, Field(allow_inf_nan=False)]
-
-
-def _bool_or_01(value: Any) -> Any:
-    if isinstance(value, bool) or (type(value) in (int, float) and value in (0, 1)):
-        return bool(value)
-    raise ValueError("Input should be a boolean, 0 or 1")
-
-
-_Boolean = Annotated[bool, BeforeValidator(_bool_or_01)]
-_Integer = Annotated[_Number, AfterValidator(_whole_number)]
-# MLflow signature dtype -> field type. Numbers are strict: strings and booleans are refused.
-FIELD_TYPES: dict[str, Any] = {
-    "double": _Number,
-    "float": _Number,
-    "long": _Integer,
-    "integer": _Integer,
-    "boolean": _Boolean,
-    "string": StrictStr,
-}
+__all__ = ["FIELD_TYPES", "UpstreamMetadata", "build_request_model", "validation_errors"]
 
 
 class UpstreamMetadata(BaseModel):
@@ -82,12 +49,12 @@ def build_request_model(meta: UpstreamMetadata, max_rows: int) -> type[BaseModel
     if unknown:
         raise ValueError(f"unsupported feature dtypes {unknown}")
     # Functional TypedDict: any column name works as a key, even non-identifiers or "model_config".
-    row = TypedDict("Row", {name: FIELD_TYPES[meta.feature_dtypes.get(name, "double")] for name in meta.features})
+    row = TypedDict("Row", {name: FIELD_TYPES[meta.feature_dtypes.get(name, DEFAULT_DTYPE)] for name in meta.features})
     row.__pydantic_config__ = ConfigDict(extra="forbid", title=f"{meta.model} row")  # type: ignore[attr-defined]
     return create_model(
         "PredictRequest",
         __config__=ConfigDict(extra="forbid", title=f"{meta.model} v{meta.version} request"),
-        rows=(list[row], Field(min_length=1, max_length=max_rows)),  # type: ignore[valid-type]
+        **{ROWS_FIELD: (list[row], Field(min_length=1, max_length=max_rows))},  # type: ignore[valid-type]
     )
 
 

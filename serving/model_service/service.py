@@ -11,7 +11,9 @@ Endpoints (all BentoML APIs are POST):
 - ``POST /metadata`` ``{}`` -> lineage + features (the gateway builds its request schema from it).
 BentoML's own ``/healthz``, ``/livez``, ``/readyz`` and ``/metrics`` stay.
 
-This file deliberately does not import ct_pipeline: it runs inside the bento / container.
+This file deliberately does not import ct_pipeline: it runs inside the bento / container. The request
+contract it shares with the gateway (field types per MLflow dtype, the body's ``rows`` key, the batch size)
+is ``ct_contract.py``, copied next to it into the bento by ``build_bento``.
 """
 
 import contextlib
@@ -34,16 +36,8 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import bentoml  # noqa: E402
 from bentoml.validators import ContentType  # noqa: E402
-from pydantic import (  # noqa: E402
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StrictFloat,
-    StrictStr,
-    create_model,
-)
+from ct_contract import DEFAULT_DTYPE, FIELD_TYPES, MAX_BATCH_ROWS, NUMPY_DTYPES, Number  # noqa: E402
+from pydantic import BaseModel, ConfigDict, Field, create_model  # noqa: E402
 
 logger = logging.getLogger("ct_model_service")
 CONFIG_PATH = Path(os.environ.get("CT_MODEL_CONFIG", Path(__file__).with_name("ct_model.json")))
@@ -61,53 +55,17 @@ TASK: str = CONFIG["task"]
 # (platform notes: max_latency_ms=10 answered 70% "process is overloaded"; 200 ms held up).
 # CT_BATCHING=false serves every request on its own (the bench's "batching off" baseline).
 BATCHING = os.environ.get("CT_BATCHING", "true").strip().lower() not in ("0", "false", "no", "off")
-MAX_BATCH_SIZE = int(os.environ.get("CT_MAX_BATCH_SIZE", "256"))
+MAX_BATCH_SIZE = int(os.environ.get("CT_MAX_BATCH_SIZE", str(MAX_BATCH_ROWS)))
 MAX_LATENCY_MS = int(os.environ.get("CT_MAX_LATENCY_MS", "500"))
 # Image the server runs from (set by the deployment, e.g. from the pushed image's digest); else ct_model.json.
 IMAGE_DIGEST = os.environ.get("CT_IMAGE_DIGEST") or None
-
-# MLflow signature type -> numpy dtype used to build the DataFrame handed to the pyfunc model
-_NUMPY_DTYPES = {
-    "double": "float64",
-    "float": "float32",
-    "long": "int64",
-    "integer": "int32",
-    "boolean": "bool",
-    "string": "object",
-}
-
-
-def _whole_number(value: float) -> int:
-    if not float(value).is_integer():
-        raise ValueError("Input should be a whole number")
-    return int(value)
-
-
-_Finite = Annotated[StrictFloat, Field(allow_inf_nan=False)]
-
-
-def _bool_or_01(value: Any) -> Any:
-    if isinstance(value, bool) or (type(value) in (int, float) and value in (0, 1)):
-        return bool(value)
-    raise ValueError("Input should be a boolean, 0 or 1")
-
-
-_Boolean = Annotated[bool, BeforeValidator(_bool_or_01)]
-_FIELD_TYPES: dict[str, Any] = {
-    "double": _Finite,
-    "float": _Finite,
-    "long": Annotated[_Finite, AfterValidator(_whole_number)],
-    "integer": Annotated[_Finite, AfterValidator(_whole_number)],
-    "boolean": _Boolean,
-    "string": StrictStr,
-}
 
 
 def _row_model() -> type[BaseModel]:
     # Internal field names f0..fn with the feature names as aliases: any column name works,
     # even ones that are not identifiers or clash with BaseModel attributes.
     fields = {
-        f"f{i}": (_FIELD_TYPES.get(FEATURE_DTYPES.get(name, "double"), _Finite), Field(alias=name))
+        f"f{i}": (FIELD_TYPES.get(FEATURE_DTYPES.get(name, DEFAULT_DTYPE), Number), Field(alias=name))
         for i, name in enumerate(FEATURES)
     }
     return create_model("Row", __config__=ConfigDict(extra="forbid", populate_by_name=False), **fields)
@@ -157,7 +115,7 @@ class CTModelService:
         # Loaded once per worker process.
         self.model = bentoml.mlflow.load_model(self.bento_model)
         _limit_model_threads(self.model, int(_MODEL_THREADS))
-        self._dtypes = [_NUMPY_DTYPES.get(FEATURE_DTYPES.get(f, "double"), "float64") for f in FEATURES]
+        self._dtypes = [NUMPY_DTYPES.get(FEATURE_DTYPES.get(f, DEFAULT_DTYPE), "float64") for f in FEATURES]
         # one shared non-object dtype: every frame is a single 2-D block (decided once, not per call)
         self._block_dtype = self._dtypes[0] if len(set(self._dtypes)) == 1 and self._dtypes[0] != "object" else None
         self._columns = pd.Index(FEATURES)
@@ -241,6 +199,6 @@ class CTModelService:
             **{k: CONFIG.get(k) for k in keys},
             "image_digest": IMAGE_DIGEST or CONFIG.get("image_digest"),
             "features": FEATURES,
-            "feature_dtypes": {f: FEATURE_DTYPES.get(f, "double") for f in FEATURES},
+            "feature_dtypes": {f: FEATURE_DTYPES.get(f, DEFAULT_DTYPE) for f in FEATURES},
             "predict_path": self.predict_path,
         }
