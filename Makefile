@@ -9,14 +9,15 @@ export AIRFLOW_HOME ?= $(CTPIPE_HOME)/airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: help venv containers demo test test-unit lint stop clean bench-gate bench
+.PHONY: help venv containers demo test test-unit lint typecheck stop clean bench-gate bench
 
 help:
 	@echo "make demo   - set up and run the whole continuous-training loop locally"
 	@echo "make test   - set up and run the tests"
 	@echo "make stop   - stop the local serving stack started by the demo"
 	@echo "make containers - podman + base image + local registry for the model-service images (demo/test do it)"
-	@echo "make lint   - ruff"
+	@echo "make lint   - ruff check + ruff format --check over the whole tree"
+	@echo "make typecheck - mypy on ct_pipeline (make test runs it first)"
 	@echo "make bench-gate - false-promotion rate and power of the gate (about 10 minutes)"
 	@echo "make bench  - serving throughput/latency: ceiling vs model server vs gateway path, + soak (about 10 minutes; needs wrk)"
 	@echo "make clean  - remove local state (.ctpipe) and the venv"
@@ -43,7 +44,7 @@ demo: venv containers
 stop: venv
 	$(BIN)/ctpipe stop
 
-test: venv containers
+test: venv containers typecheck
 	$(BIN)/pytest -q -p no:cacheprovider --durations=15
 
 bench-gate: venv
@@ -57,8 +58,14 @@ bench: venv
 test-unit: venv
 	$(BIN)/pytest -q -m "not integration"
 
+LINTED := ct_pipeline dags serving tests scripts .github/workflows/scripts
+
 lint: venv
-	$(BIN)/ruff check ct_pipeline dags serving tests
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+
+typecheck: venv
+	$(BIN)/mypy
 
 clean: stop
 	-@bash scripts/containers-setup.sh --stop

@@ -21,7 +21,7 @@ def dag_id_for(spec: ModelSpec) -> str:
     return DAG_PREFIX + spec.name.replace("-", "_")
 
 
-def _run_end(context: dict[str, Any], conf_end: str | None):
+def _run_end(context: Any, conf_end: str | None):
     """The window's end: conf override, else the run's data_interval_end (never 'now', so reruns repeat)."""
     from datetime import UTC, datetime
 
@@ -79,7 +79,7 @@ def _halt_for(airflow_task: Any, entry: Step):
     return airflow_task.short_circuit(task_id=halt.task_id)(proceed)
 
 
-def build_dag(spec_path: Path):
+def build_dag(spec_path: Path) -> Any:
     from airflow.sdk import Param, dag, task
 
     spec = load_spec(spec_path)
@@ -106,7 +106,7 @@ def build_dag(spec_path: Path):
         doc_md=f"Continuous training for **{spec.name}** (spec `{spec_path.name}`): {loop}. "
         'Trigger with conf `{"window": "14d", "force": true, "reason": "..."}`.',
     )
-    def ct_dag():
+    def ct_dag() -> None:
         outputs: dict[str, Any] = {}
         previous: Any = None
         pending_halt: Any = None  # a short-circuit gates the next step; skipping then cascades downstream

@@ -94,7 +94,7 @@ class InMemoryPublisher:
     def head(self, ref: str | None = None) -> str:
         if ref is None or ref == self.base_branch:
             return self._log[-1]
-        return self._tree(ref) and _sha(ref, sorted(self._tree(ref).items()))
+        return _sha(ref, sorted(self._tree(ref).items()))
 
     def _commit(self, files: dict[str, str]) -> str:
         sha = _sha(self._log[-1], sorted(files.items()), len(self._log))

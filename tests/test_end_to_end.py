@@ -72,7 +72,8 @@ def champion(env) -> str | None:
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(f"sqlite:///{env['CTPIPE_HOME']}/mlflow.db")
+    store = f"sqlite:///{env['CTPIPE_HOME']}/mlflow.db"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)  # not this process's default registry
     try:
         return str(client.get_model_version_by_alias("fraud-detector", "champion").version)
     except MlflowException:
@@ -144,7 +145,8 @@ def test_loop_end_to_end(env):
     # The registry mirrors Git's history, and the rolled-back model cannot sneak back with the next run.
     from mlflow import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{env['CTPIPE_HOME']}/mlflow.db")
+    store = f"sqlite:///{env['CTPIPE_HOME']}/mlflow.db"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)  # not this process's default registry
     assert client.get_model_version("fraud-detector", version_b).tags["ct.rolled_back"] == "true"
     periods = json.loads(client.get_registered_model("fraud-detector").tags["ct.production_history.staging"])
     assert [(p["version"], p["cause"]) for p in periods] == [

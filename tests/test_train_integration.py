@@ -87,7 +87,7 @@ def test_train_and_gate_on_real_weather_data(settings, weather_csv):
     assert [c.name for c in trained.candidates] == ["lgbm", "ridge"]
     for candidate in trained.candidates:
         assert 0 < candidate.metrics["rmse"] < 6  # degrees C; a constant guess is ~7
-    client = MlflowClient(settings.tracking_uri)
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.tracking_uri)
     run = client.get_run(trained.candidates[0].run_id)
     assert run.data.tags["ct.data_hash"] == snapshot.content_hash
     assert "holdout_rmse" in run.data.metrics

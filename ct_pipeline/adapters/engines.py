@@ -93,6 +93,7 @@ class DockerEngine:
 
 
 class _CliEngine:
+    name = ""
     binary = ""
 
     def __init__(self, network: str = "host", timeout: int = 1800, image_format: str | None = None) -> None:
@@ -224,7 +225,7 @@ def probe_docker(settings: Settings) -> Probe:
     return Probe("docker", None, "; ".join(problems))
 
 
-def _probe_cli(cls: type[_CliEngine], settings: Settings, exists_args: list[str]) -> Probe:
+def _probe_cli(cls: type[PodmanEngine | BuildahEngine], settings: Settings, exists_args: list[str]) -> Probe:
     try:
         engine = cls(
             network=settings.image.network, timeout=settings.image.build_timeout, image_format=settings.image.format
@@ -262,7 +263,7 @@ def select_engine(settings: Settings) -> ImageEngine:
     probes = []
     for name in names:
         found = probe(settings, name)
-        if found.ok:
+        if found.builder is not None:
             log.info("image engine: %s (%s)", found.builder.describe(), found.detail)
             return found.builder
         probes.append(found)

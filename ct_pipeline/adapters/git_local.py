@@ -390,7 +390,9 @@ class LocalGitPublisher:
             if current.status == "closed":
                 return current
             tip = current.commit
-            data = repo.show(tip, record_path(promotion_id))
+            data = repo.show(tip, record_path(promotion_id)) if tip else None
+            if tip is None or data is None:
+                raise GitOpsError(f"promotion {promotion_id} has no record file on its branch; cannot close it")
             _, doc = parse_record_file(data)
             doc["promotion"]["status"] = "closed"
             repo.checkout(tip)
@@ -412,6 +414,8 @@ class LocalGitPublisher:
                 raise GitOpsError(f"promotion {promotion_id} is already merged into {self.base_branch}")
             if record.status == "closed":
                 raise GitOpsError(f"promotion {promotion_id} is closed; re-open it (promote again) to merge it")
+            if record.commit is None:
+                raise GitOpsError(f"promotion {promotion_id} has no branch commit to merge")
             repo.checkout(base)
             message = (
                 f"Merge promotion {promotion_id}: {record.title}\n\n"

@@ -133,10 +133,7 @@ def _airflow_connection(conn_id: str) -> tuple[str | None, str | None]:
         try:  # the GitHub provider's hook knows the connection type (optional dependency)
             from airflow.providers.github.hooks.github import GithubHook as Hook
         except ImportError:
-            try:
-                from airflow.sdk import BaseHook as Hook
-            except ImportError:
-                from airflow.hooks.base import BaseHook as Hook
+            from airflow.sdk import BaseHook as Hook
         conn = Hook.get_connection(conn_id)
     except Exception as exc:  # no Airflow, no such connection, no metadata DB: not configured
         log.debug("no Airflow connection %s: %s", conn_id, exc)
@@ -660,7 +657,8 @@ class GitHubPublisher:
         for path in changed:
             was, became, current = before.get(path), after.get(path), now.get(path)
             if current == became:
-                if was is None:
+                if was is None:  # the promotion added the file: delete it (current is the added blob)
+                    assert current is not None
                     elements.append(InputGitTreeElement(path, current[1], "blob", sha=None))
                 else:
                     elements.append(InputGitTreeElement(path, was[1], "blob", sha=was[0]))

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from ct_pipeline.domain.records import DeployedModel, ProcessInfo, ServedState
 from ct_pipeline.errors import RolloutError
@@ -469,18 +469,25 @@ class LocalRuntime:
             token = data["tokens"].get(desired.model) or secrets.token_urlsafe(24)
             server_ok = self._server_ok(current, bento_tag)
             gateway_ok = self._gateway_ok(current)
-            if server_ok and gateway_ok and self._gateway_upstream(current.gateway) == current.model_server.url:
+            # (server_ok / gateway_ok imply a current state with those processes)
+            if (
+                current is not None
+                and current.gateway is not None
+                and server_ok
+                and gateway_ok
+                and self._gateway_upstream(current.gateway) == current.model_server.url
+            ):
                 return current.model_copy(update={"action": "unchanged", "healthy": True, "message": "up to date"})
 
             taken = self._taken_ports(data)
-            if server_ok:
+            if server_ok and current is not None:
                 server = current.model_server
             else:
                 server = self._start_model_server(desired, bento_tag, taken)
                 taken.add(server.port)
             started_new = not server_ok
             try:
-                if gateway_ok:
+                if gateway_ok and current is not None and current.gateway is not None:
                     gateway = current.gateway
                     swap = self._switch_gateway(gateway, server.url, data["tokens"].get(desired.model, token))
                     message = f"gateway switched to {server.url} (drained: {swap.get('drained')})"
@@ -498,6 +505,7 @@ class LocalRuntime:
                     stop_process_group(server.pid, self.MODEL_SERVER_MARK, timeout=10)
                 raise
 
+            action: Literal["started", "switched", "repaired"]
             if current is None:
                 action = "started"
             elif current.version != desired.version or current.bento_tag != bento_tag:
@@ -536,7 +544,7 @@ class LocalRuntime:
             gw_alive = bool(st.gateway and pid_alive(st.gateway.pid, self.GATEWAY_MARK))
             server = st.model_server.model_copy(update={"alive": server_alive})
             gateway = st.gateway.model_copy(update={"alive": gw_alive}) if st.gateway else None
-            healthy = server_alive and gw_alive and _http_ok(f"{st.gateway.url}/readyz")
+            healthy = server_alive and gw_alive and st.gateway is not None and _http_ok(f"{st.gateway.url}/readyz")
             out.append(
                 st.model_copy(
                     update={"model_server": server, "gateway": gateway, "action": "status", "healthy": healthy}

@@ -70,9 +70,10 @@ class MlflowTracker:
 
     def dataset(self, frame: pd.DataFrame, *, source: str, targets: str, name: str) -> Any:
         """An MLflow dataset of ``frame`` (hashed once here; log it to many runs)."""
-        import mlflow
 
-        return mlflow.data.from_pandas(frame, source=source, targets=targets, name=name)
+        from mlflow.data.pandas_dataset import from_pandas
+
+        return from_pandas(frame, source=source, targets=targets, name=name)
 
     def log_dataset(self, dataset: Any, context: str) -> None:
         import mlflow

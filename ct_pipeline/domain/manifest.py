@@ -18,6 +18,7 @@ import re
 from typing import Any
 
 from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
 from ruamel.yaml.error import YAMLError
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString, SingleQuotedScalarString
 
@@ -259,8 +260,8 @@ def _splice(text: str, data: Any, changes: dict[tuple[str, str], str]) -> str:
     lines = text.splitlines(keepends=True)
     edits: list[tuple[int, int, int, str]] = []  # (line, start, end, replacement)
     for (block_name, key), value in changes.items():
-        block = data.get(block_name)
-        if not isinstance(block, dict) or key not in block or block.fa.flow_style():
+        block = data.get(block_name)  # a CommentedMap knows its lines and its style
+        if not isinstance(block, CommentedMap) or key not in block or block.fa.flow_style():
             raise _NeedsRoundTrip
         key_line, _ = block.lc.key(key)
         if block[key] is None:  # "key:" with no value: insert after the colon
@@ -286,7 +287,7 @@ def _splice(text: str, data: Any, changes: dict[tuple[str, str], str]) -> str:
     for line_no, start, end, new in sorted(edits, reverse=True):
         line = lines[line_no]
         old_len = end - start
-        gap = re.match(r"[ \t]*", line[end:]).group(0)
+        gap = re.match(r"[ \t]*", line[end:]).group(0)  # type: ignore[union-attr]  # always matches
         after = line[end + len(gap) :]
         if after.startswith("#") and gap and set(gap) == {" "}:
             gap = " " * max(1, len(gap) - (len(new) - old_len))  # keep the comment in its column
@@ -345,12 +346,13 @@ def _verify(old_text: str, new_text: str, changes: dict[tuple[str, str], str]) -
 
 def changed_values(old_text: str | None, new_text: str) -> list[tuple[str, str | None, str]]:
     """``[(dotted key, old, new)]`` for the model/image keys that differ (old is None for a new file)."""
-    old = _plain(_load(old_text)) if old_text else {}
-    new = _plain(_load(new_text))
+    old: dict = (_plain(_load(old_text)) if old_text else None) or {}
+    new: dict = _plain(_load(new_text)) or {}
     out = []
     for block_name in ("model", "image"):
-        old_block = old.get(block_name) if isinstance(old.get(block_name), dict) else {}
-        new_block = new.get(block_name) if isinstance(new.get(block_name), dict) else {}
+        found_old, found_new = old.get(block_name), new.get(block_name)
+        old_block = found_old if isinstance(found_old, dict) else {}
+        new_block = found_new if isinstance(found_new, dict) else {}
         for key, value in new_block.items():
             before = old_block.get(key) if old_text else None
             if before != value:

@@ -215,7 +215,7 @@ class ServedState(BaseModel):
         return self.gateway.url if self.gateway else None
 
 
-SCHEMAS = {"gate-decision": GateDecision, "promotion-record": PromotionRecord}
+SCHEMAS: dict[str, type[Record]] = {"gate-decision": GateDecision, "promotion-record": PromotionRecord}
 
 
 def write_schemas(directory) -> list[str]:

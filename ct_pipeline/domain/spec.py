@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ct_pipeline.domain.common import Strict, TaskType
 from ct_pipeline.errors import SpecError
-from ct_pipeline.families import candidate_union
+from ct_pipeline.families import CandidateSpec, candidate_union
 
 _WINDOW_RE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _WINDOW_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -77,8 +77,12 @@ class DataSpec(Strict):
         return parse_window(self.window)
 
 
-# The candidate kinds come from the model families (ct_pipeline.families): one module per family.
-Candidate = candidate_union()
+# The candidate kinds come from the model families (ct_pipeline.families): one module per family. Type checkers
+# see their common base; pydantic sees the discriminated union of every family's config.
+if TYPE_CHECKING:
+    Candidate = CandidateSpec
+else:
+    Candidate = candidate_union()
 
 _METRICS = {
     TaskType.binary_classification: {"roc_auc": "maximize", "average_precision": "maximize", "log_loss": "minimize"},

@@ -25,6 +25,7 @@ class CandidateSpec(Strict):
     """One candidate in a spec: a name, a kind (the family) and the family's parameters."""
 
     name: str = Field(pattern=r"^[a-z0-9_-]+$")
+    kind: str  # each family narrows it to its own Literal (the discriminator)
     params: dict[str, Any] = Field(default_factory=dict)
 
 

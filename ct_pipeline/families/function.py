@@ -34,4 +34,4 @@ class FunctionFamily(ModelFamily):
             )
         return model
 
-    log_options = staticmethod(sklearn_log_options)  # type: ignore[assignment]
+    log_options = staticmethod(sklearn_log_options)

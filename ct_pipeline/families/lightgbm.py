@@ -24,4 +24,4 @@ class LightGBMFamily(ModelFamily):
         estimator = cls(**{"random_state": 0, "verbose": -1, **candidate.params})
         return estimator.fit(train_df[spec.data.features], train_df[spec.data.target])
 
-    log_options = staticmethod(sklearn_log_options)  # type: ignore[assignment]
+    log_options = staticmethod(sklearn_log_options)

@@ -31,4 +31,4 @@ class SklearnFamily(ModelFamily):
             raise TrainingError(f"candidate {candidate.name!r}: bad params for {candidate.estimator}: {exc}") from None
         return estimator.fit(train_df[spec.data.features], train_df[spec.data.target])
 
-    log_options = staticmethod(sklearn_log_options)  # type: ignore[assignment]
+    log_options = staticmethod(sklearn_log_options)

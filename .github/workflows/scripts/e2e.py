@@ -52,8 +52,8 @@ def edit_yaml(path: Path, change) -> None:
 
 def seed(args) -> None:
     from ct_pipeline.adapters.git_local import init_local_remote
-    from ct_pipeline.settings import load_settings
     from ct_pipeline.domain.spec import discover_specs, load_spec
+    from ct_pipeline.settings import load_settings
 
     bare = Path(args.root) / f"{args.repo}.git"
     specs = [load_spec(p) for p in discover_specs(ROOT / "models")]
@@ -99,11 +99,11 @@ def seed(args) -> None:
 
 def publish_image(args) -> None:
     from ct_pipeline.adapters.publishers import publisher_for
-    from ct_pipeline.domain.promotion import body_path, parse_record_file, promotion_files, record_path
     from ct_pipeline.domain.manifest import bump
+    from ct_pipeline.domain.promotion import body_path, parse_record_file, promotion_files, record_path
     from ct_pipeline.domain.records import BentoRef
-    from ct_pipeline.settings import load_settings
     from ct_pipeline.domain.spec import find_spec
+    from ct_pipeline.settings import load_settings
 
     settings = load_settings()
     spec = find_spec(settings.paths.models_dir, args.model)

@@ -19,8 +19,8 @@ from ruamel.yaml import YAML  # noqa: E402
 from ct_pipeline.adapters.git_local import init_local_remote  # noqa: E402
 from ct_pipeline.domain.manifest import bump  # noqa: E402
 from ct_pipeline.domain.records import BentoRef  # noqa: E402
-from ct_pipeline.settings import load_settings  # noqa: E402
 from ct_pipeline.domain.spec import discover_specs, load_spec  # noqa: E402
+from ct_pipeline.settings import load_settings  # noqa: E402
 
 
 def main(out: Path) -> None:

@@ -52,18 +52,30 @@ def slice_results(
             note = ""
             if rows < cfg.min_rows:
                 note = f"{rows} rows < min_rows {cfg.min_rows}"
-            elif classification and min(positives, rows - positives) < cfg.min_positives:
+            elif positives is not None and min(positives, rows - positives) < cfg.min_positives:
                 note = f"{positives} positives / {rows - positives} negatives < min_positives {cfg.min_positives}"
-            observed = dict(column=column, value=str(value), rows=rows, positives=positives)
             if note:
-                results.append(SliceResult(**observed, judged=False, passed=True, note=note))
+                results.append(
+                    SliceResult(
+                        column=column,
+                        value=str(value),
+                        rows=rows,
+                        positives=positives,
+                        judged=False,
+                        passed=True,
+                        note=note,
+                    )
+                )
                 continue
             chal = metric(spec.metric.name, y[mask], challenger[mask])
             champ = metric(spec.metric.name, y[mask], champion[mask])
             delta = sign * (chal - champ)
             results.append(
                 SliceResult(
-                    **observed,
+                    column=column,
+                    value=str(value),
+                    rows=rows,
+                    positives=positives,
                     champion_metric=champ,
                     challenger_metric=chal,
                     delta=delta,
@@ -72,7 +84,7 @@ def slice_results(
                 )
             )
     judged = [r for r in results if r.judged]
-    worst = min(judged, key=lambda r: r.delta, default=None)
+    worst = min(judged, key=lambda r: r.delta or 0.0, default=None)  # judged slices always have a delta
     if worst is not None:
         failing = [r for r in judged if not r.passed]
         subject = failing[0] if failing else worst

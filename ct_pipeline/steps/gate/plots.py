@@ -26,10 +26,13 @@ def delta_plot(spec: ModelSpec, decision: GateDecision) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels, points, lows, highs, colours = ["overall"], [decision.delta], [decision.ci_low], [decision.ci_high], []
+    if decision.delta is None or decision.ci_low is None or decision.ci_high is None:
+        raise ValueError("delta_plot needs a decision that compared champion and challenger")
+    labels, points = ["overall"], [decision.delta]
+    lows, highs, colours = [decision.ci_low], [decision.ci_high], []
     colours.append("tab:green" if decision.promote else "tab:red")
     for s in decision.slices:
-        if s.judged:
+        if s.judged and s.delta is not None:
             labels.append(f"{s.column}={s.value} (n={s.rows:,})")
             points.append(s.delta)
             lows.append(s.delta)
