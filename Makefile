@@ -14,6 +14,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 help:
 	@echo "make demo   - set up and run the whole continuous-training loop locally"
 	@echo "make test   - set up and run the tests"
+	@echo "make test-unit - the unit tests only (tests/unit: no processes, servers, stores, git or network)"
 	@echo "make stop   - stop the local serving stack started by the demo"
 	@echo "make containers - podman + base image + local registry for the model-service images (demo/test do it)"
 	@echo "make lint   - ruff check + ruff format --check over the whole tree"
@@ -34,7 +35,7 @@ $(STAMP): pyproject.toml
 
 # Container engine for the model-service images: podman + a locally built base image + a registry on
 # 127.0.0.1:5000 (scripts/containers-setup.sh; first run ~3-4 min: apt + debootstrap + base image, then ~1 s).
-# Never fails make: without it the demo packages Bentos only and says why; tests/test_image.py fails saying why.
+# Never fails make: without it the demo packages Bentos only and says why; tests/integration/test_image.py fails saying why.
 containers:
 	@bash scripts/containers-setup.sh >/dev/null || echo "make: no container engine here (reason above): Bentos only, no images"
 
@@ -56,7 +57,7 @@ bench: venv
 	$(BIN)/python scripts/bench.py
 
 test-unit: venv
-	$(BIN)/pytest -q -m "not integration"
+	$(BIN)/pytest -q -p no:cacheprovider -m unit
 
 LINTED := ct_pipeline dags serving tests scripts .github/workflows/scripts
 

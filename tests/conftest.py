@@ -7,10 +7,26 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TESTS_DIR = Path(__file__).resolve().parent
 # The gateway and the BentoML service live in serving/ as deployables of their own.
 sys.path.insert(0, str(REPO_ROOT / "serving"))
+# Specs in the tests name user training functions as `user_models:<fn>` (tests/support/user_models.py).
+sys.path.insert(0, str(TESTS_DIR / "support"))
 # Shared scenario helpers: their asserts should explain themselves too.
-pytest.register_assert_rewrite("merge_styles")
+pytest.register_assert_rewrite("tests.support.merge_styles")
+
+# tests/<folder>/... -> marker (registered in pyproject.toml)
+FOLDER_MARKERS = ("unit", "integration", "e2e", "cluster")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        try:
+            folder = item.path.resolve().relative_to(TESTS_DIR).parts[0]
+        except ValueError:
+            continue
+        if folder in FOLDER_MARKERS:
+            item.add_marker(getattr(pytest.mark, folder))
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Promotions as GitHub pull requests: :class:`GitHubPublisher` implements :class:`~ct_pipeline.ports.GitPublisher`
 with PyGithub 2.x against github.com, GitHub Enterprise (``CTPIPE_GITHUB_API_URL``) or any server speaking its
-REST API (the tests use ``tests/github_standin.py``).
+REST API (the tests use ``tests/support/github_standin.py``).
 
 The repository layout and the records are the same as with the git CLI publisher
 (:class:`~ct_pipeline.adapters.git_local.LocalGitPublisher`): a promotion ``<model>/v<version>`` is the branch

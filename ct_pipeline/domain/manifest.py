@@ -39,7 +39,7 @@ _NUMBERISH_RE = re.compile(r"^[-+.]?[0-9]|^\.(inf|nan)$", re.IGNORECASE)
 # The values file of a model that was never promoted. Every environment gets the same keys, comments and
 # Flux image-automation markers; only the hand-reviewed sizes below differ (_ENVIRONMENT_SETTINGS). The
 # committed seed (gitops/apps/<env>/fraud-detector/values.yaml) is exactly this text for each environment
-# (tests/test_k8s_manifests.py checks it), so `ctpipe init` and the seed cannot drift apart.
+# (tests/cluster/test_k8s_manifests.py checks it), so `ctpipe init` and the seed cannot drift apart.
 _INITIAL_VALUES = """\
 # ct-serving values: {name} in {environment}.
 # Promotions rewrite only model.* and image.*; everything else is reviewed by hand.

@@ -1,7 +1,7 @@
 """Helpers of the kind + Flux end-to-end job (.github/workflows/e2e-kind.yml).
 
 seed           GitOps repository for the cluster: `ctpipe gitops init` layout in <root>/<owner>/<name>.git (served
-               by tests/github_standin.py), then one commit that wires it to this cluster, i.e. what
+               by tests/support/github_standin.py), then one commit that wires it to this cluster, i.e. what
                `flux bootstrap` and a team's own registry settings would write: the GitRepository URL, the
                chart's OCI registry (plain HTTP here) and the gateway image.
 publish-image  containerize the Bento of the newest open promotion, push it, and update the promotion so the

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_serving_support import FEATURES, SPEC, frame, make_decision, make_spec, register_model, shared_bento_home
 
 from ct_pipeline.adapters.bento import build_bento
+from tests.support.factories import FEATURES, SPEC, frame, make_decision, make_spec, register_model, shared_bento_home
 
 pytestmark = pytest.mark.integration
 
-SERVICE = Path(__file__).parents[1] / "serving" / "model_service" / "service.py"
+SERVICE = Path(__file__).parents[2] / "serving" / "model_service" / "service.py"
 _module_ids = itertools.count()
 
 
@@ -61,7 +61,8 @@ def register_pipeline_with_string_feature(name: str):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder
-    from test_serving_support import _use_experiment
+
+    from tests.support.factories import _use_experiment
 
     x, y = frame(seed=3)
     x["channel"] = np.where(x["amount"] > 0, "web", "store").astype(object)

@@ -8,26 +8,9 @@ from ruamel.yaml import YAML
 
 from ct_pipeline.domain.manifest import ManifestError, bump, changed_values, read_deployed, render_initial_values
 from ct_pipeline.domain.records import BentoRef
-from ct_pipeline.domain.spec import parse_spec
+from tests.support.factories import make_spec
 
 MARKER = '# {"$imagepolicy": "flux-system:fraud:tag"}'
-
-
-def make_spec(name: str = "fraud-detector", environment: str = "staging"):
-    return parse_spec(
-        {
-            "name": name,
-            "data": {
-                "source": {"kind": "parquet", "path": "data/x"},
-                "time_column": "ts",
-                "target": "label",
-                "features": ["a", "b"],
-            },
-            "candidates": [{"name": "lgbm", "kind": "lightgbm"}],
-            "metric": {"name": "roc_auc"},
-            "gitops": {"environment": environment},
-        }
-    )
 
 
 def make_bento(version: str = "3", image: bool = True, model: str = "fraud-detector") -> BentoRef:

@@ -4,7 +4,7 @@ import pytest
 
 from ct_pipeline.domain.spec import SpecError, load_spec, parse_spec, parse_window
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 BASE = {
     "name": "m",

@@ -1,52 +1,33 @@
-"""GitHubPublisher (PyGithub 2.x) against the GitHub stand-in (tests/github_standin.py): a threaded HTTP server on
-127.0.0.1 serving the REST endpoints the publisher calls, backed by a real bare git repository."""
+"""GitHubPublisher (PyGithub 2.x) against the GitHub stand-in (tests/support/github_standin.py): a threaded HTTP
+server on 127.0.0.1 serving the REST endpoints the publisher calls, backed by a real bare git repository.
+
+(Remote parsing and credentials without a server: tests/unit/test_github_publisher.py.)"""
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from github_standin import GitHubStandIn  # noqa: E402
-from merge_styles import STYLES, merge_by_hand, periods_of, promote_twice_then_revert  # noqa: E402
-
-from ct_pipeline.adapters.git_local import LocalGitPublisher, init_local_remote  # noqa: E402
-from ct_pipeline.adapters.github import GitHubPublisher, parse_github_remote, resolve_auth  # noqa: E402
-from ct_pipeline.adapters.publishers import deployed_model, publisher_for  # noqa: E402
-from ct_pipeline.domain.manifest import bump, render_initial_values  # noqa: E402
-from ct_pipeline.domain.promotion import promotion_branch, record_path  # noqa: E402
-from ct_pipeline.domain.records import BentoRef, PromotionRecord  # noqa: E402
-from ct_pipeline.domain.spec import parse_spec  # noqa: E402
-from ct_pipeline.errors import GitOpsError, MergeConflictError, NothingToRevertError, RemoteError  # noqa: E402
-from ct_pipeline.ports import GitPublisher  # noqa: E402
-from ct_pipeline.settings import GitHubSettings, Settings, load_settings  # noqa: E402
+from ct_pipeline.adapters.git_local import LocalGitPublisher, init_local_remote
+from ct_pipeline.adapters.github import GitHubPublisher, resolve_auth
+from ct_pipeline.adapters.publishers import deployed_model, publisher_for
+from ct_pipeline.domain.manifest import bump, render_initial_values
+from ct_pipeline.domain.promotion import promotion_branch, record_path
+from ct_pipeline.domain.records import BentoRef, PromotionRecord
+from ct_pipeline.errors import GitOpsError, MergeConflictError, NothingToRevertError, RemoteError
+from ct_pipeline.ports import GitPublisher
+from ct_pipeline.settings import Settings, load_settings
+from tests.support.factories import fast_settings, make_spec
+from tests.support.github_standin import GitHubStandIn
+from tests.support.merge_styles import STYLES, merge_by_hand, periods_of, promote_twice_then_revert
 
 pytestmark = pytest.mark.integration  # real git, real HTTP
 REPO = "acme/gitops"
 TOKEN = "standin-token"
-
-
-def make_spec(remote: str | None = None):
-    return parse_spec(
-        {
-            "name": "fraud-detector",
-            "data": {
-                "source": {"kind": "parquet", "path": "x"},
-                "time_column": "ts",
-                "target": "y",
-                "features": ["a", "b"],
-            },
-            "candidates": [{"name": "lgbm", "kind": "lightgbm"}],
-            "metric": {"name": "roc_auc"},
-            "gitops": {"environment": "staging", "remote": remote},
-        }
-    )
 
 
 def make_bento(version: str, suffix: str = "") -> BentoRef:
@@ -90,20 +71,6 @@ def git_dir(standin, tmp_path, monkeypatch) -> Path:
     return path
 
 
-def fast_settings(**overrides) -> GitHubSettings:
-    values = dict(
-        seconds_between_requests=None,
-        seconds_between_writes=None,
-        backoff_factor=0.05,
-        secondary_rate_wait=1,
-        retries=4,
-        token=None,
-        app_id=None,
-    )
-    values.update(overrides)
-    return GitHubSettings(**values)
-
-
 @pytest.fixture
 def publisher(standin, git_dir) -> GitHubPublisher:
     from github import Auth
@@ -131,19 +98,6 @@ def open_version(pub: GitPublisher, version: str, suffix: str = "", base_text: s
 
 
 # ------------------------------------------------------------------------------------------- selection
-
-
-def test_parse_github_remote():
-    api = "http://127.0.0.1:8080/api/v3"
-    assert parse_github_remote("github.com/acme/gitops", "") == ("github.com", "acme", "gitops")
-    assert parse_github_remote("https://github.com/acme/gitops.git", "") == ("github.com", "acme", "gitops")
-    assert parse_github_remote("https://github.com/acme/git.ops/", "") == ("github.com", "acme", "git.ops")
-    assert parse_github_remote("git@github.com:acme/gitops.git", "") is None  # ssh: a plain git remote
-    assert parse_github_remote("/srv/gitops.git", api) is None
-    assert parse_github_remote("https://gitlab.com/acme/gitops", api) is None
-    assert parse_github_remote("http://127.0.0.1:8080/acme/gitops.git", api) == ("127.0.0.1:8080", "acme", "gitops")
-    assert parse_github_remote("127.0.0.1:8080/acme/gitops", api) == ("127.0.0.1:8080", "acme", "gitops")
-    assert parse_github_remote("http://127.0.0.1:9999/acme/gitops", api) is None  # another port
 
 
 def test_default_publisher_chooses_github_for_github_remotes(standin, git_dir, tmp_path, monkeypatch):
@@ -393,17 +347,6 @@ def test_token_from_the_airflow_connection(standin, monkeypatch):
     monkeypatch.delenv("GITHUB_TOKEN", raising=False)
     auth, api_url, source = resolve_auth(fast_settings(api_url=None), "acme", "gitops", "https://api.github.com")
     assert (auth.token, api_url, source) == (TOKEN, standin.base_url, "Airflow connection github_default")
-
-
-def test_without_credentials_the_error_says_where_to_put_them(monkeypatch):
-    monkeypatch.delenv("GITHUB_TOKEN", raising=False)
-    monkeypatch.delenv("AIRFLOW_CONN_GITHUB_DEFAULT", raising=False)
-    cfg = fast_settings(airflow_conn_id="ctpipe_missing_connection")
-    with pytest.raises(GitOpsError, match="CTPIPE_GITHUB_TOKEN.*GITHUB_TOKEN"):
-        resolve_auth(cfg, "acme", "gitops", "https://api.github.com")
-    monkeypatch.setenv("GITHUB_TOKEN", "abc")
-    cfg = fast_settings(airflow_conn_id="ctpipe_missing_connection")  # settings are read at the edge, once
-    assert resolve_auth(cfg, "acme", "gitops", "https://api.github.com")[2] == "GITHUB_TOKEN"
 
 
 # ------------------------------------------------------------------------------------------- git over HTTP

@@ -1,4 +1,5 @@
-"""Helpers shared by the serving tests (test_package.py, test_rollout.py); holds no tests itself.
+"""Factories shared by the tests (one copy each): the model spec, registered models, gate decisions, Bento refs,
+GitHub publisher settings, free ports. Holds no tests itself.
 
 BentoML binds its store (BENTOML_HOME) the first time it is used in a process, so every serving test
 uses ONE bento store per pytest session (``shared_bento_home``); MLflow stores stay per test/module.
@@ -38,10 +39,23 @@ def free_tcp_port() -> int:
         return sock.getsockname()[1]
 
 
-def make_spec(**overrides):
+def make_spec(name: str | None = None, environment: str | None = None, *, remote: str | None = None, **overrides):
+    """The parsed SPEC with top-level overrides (``data=``, ``task=``, ``metric=`` ...); ``name`` and the gitops
+    section's ``environment`` / ``remote`` as keywords or positionally (``make_spec("churn", "production")``).
+    Nothing given for gitops: the spec's defaults (staging, the remote from settings)."""
     from ct_pipeline.domain.spec import parse_spec
 
-    return parse_spec({**SPEC, **overrides})
+    data = {**SPEC, **overrides}
+    if name is not None:
+        data["name"] = name
+    gitops = dict(data.get("gitops") or {})
+    if environment is not None:
+        gitops["environment"] = environment
+    if remote is not None:
+        gitops["remote"] = remote
+    if gitops:
+        data["gitops"] = gitops
+    return parse_spec(data)
 
 
 def frame(n: int = 300, seed: int = 0):
@@ -142,3 +156,35 @@ def register_regressor(name: str = "house-price", seed: int = 0):
             pip_requirements=["scikit-learn", "pandas"],
         )
     return str(info.registered_model_version), run.info.run_id, model
+
+
+def bento_ref(**kw):
+    """A BentoRef of fraud-detector v7 (no image), fields overridable."""
+    from ct_pipeline.domain.records import BentoRef
+
+    base = {
+        "model": "fraud-detector",
+        "version": "7",
+        "run_id": "0123456789abcdef",
+        "bento_tag": "fraud-detector:abc",
+        "bento_model_tag": "fraud-detector:v7-0123456789ab",
+        "data_hash": "sha256:" + "ab" * 32,
+    }
+    return BentoRef(**{**base, **kw})
+
+
+def fast_settings(**overrides):
+    """GitHubSettings for tests: no pacing between requests, quick retries, no credentials unless given."""
+    from ct_pipeline.settings import GitHubSettings
+
+    values = dict(
+        seconds_between_requests=None,
+        seconds_between_writes=None,
+        backoff_factor=0.05,
+        secondary_rate_wait=1,
+        retries=4,
+        token=None,
+        app_id=None,
+    )
+    values.update(overrides)
+    return GitHubSettings(**values)

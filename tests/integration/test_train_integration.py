@@ -171,7 +171,7 @@ def test_user_function_candidate(settings, weather_csv, monkeypatch):
 
     from ct_pipeline.errors import TrainingError
 
-    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "support"))
     data = weather_spec(weather_csv).model_dump()
     data["candidates"] = [
         {"name": "mine", "kind": "function", "function": "user_models:train_scaled_ridge", "params": {"alpha": 2.0}}

@@ -7,7 +7,7 @@ import jsonschema
 
 from ct_pipeline.domain.records import SCHEMAS, GateDecision
 
-SCHEMA_DIR = Path(__file__).resolve().parents[1] / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 
 
 def test_committed_schemas_match_the_records():

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_serving_support import (
+
+from ct_pipeline.adapters.local_runtime import LocalRuntime, stop_process_group
+from ct_pipeline.settings import load_settings
+from tests.support.factories import (
     FEATURES,
     frame,
     free_tcp_port,
@@ -24,10 +27,7 @@ from test_serving_support import (
     shared_bento_home,
 )
 
-from ct_pipeline.adapters.local_runtime import LocalRuntime, stop_process_group
-from ct_pipeline.settings import load_settings
-
-SERVING_DIR = Path(__file__).resolve().parents[1] / "serving"
+SERVING_DIR = Path(__file__).resolve().parents[2] / "serving"
 
 pytestmark = pytest.mark.integration
 

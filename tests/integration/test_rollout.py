@@ -11,16 +11,6 @@ from collections import Counter
 
 import httpx
 import pytest
-from test_serving_support import (
-    FEATURES,
-    frame,
-    free_tcp_port,
-    make_decision,
-    make_spec,
-    register_model,
-    register_regressor,
-    shared_bento_home,
-)
 
 from ct_pipeline.adapters.local_runtime import (
     NOTHING_DEPLOYED,
@@ -38,6 +28,16 @@ from ct_pipeline.adapters.local_runtime import (
 from ct_pipeline.domain.records import DeployedModel, ServedState
 from ct_pipeline.errors import RolloutError
 from ct_pipeline.settings import load_settings
+from tests.support.factories import (
+    FEATURES,
+    frame,
+    free_tcp_port,
+    make_decision,
+    make_spec,
+    register_model,
+    register_regressor,
+    shared_bento_home,
+)
 
 pytestmark = pytest.mark.integration
 

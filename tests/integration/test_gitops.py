@@ -1,21 +1,20 @@
-"""LocalGitPublisher against a real bare repository in a temporary CTPIPE_HOME."""
+"""LocalGitPublisher against a real bare repository in a temporary CTPIPE_HOME.
+
+(The promotion record file without git: tests/unit/test_gitops.py.)"""
 
 from __future__ import annotations
 
-import json
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from merge_styles import STYLES, merge_by_hand, promote_twice_then_revert
 
 from ct_pipeline.adapters.git_local import LocalGitPublisher, init_local_remote
 from ct_pipeline.adapters.publishers import deployed_model
 from ct_pipeline.domain.manifest import bump, render_initial_values
 from ct_pipeline.domain.promotion import body_path, parse_record_file, promotion_branch, promotion_id, record_path
 from ct_pipeline.domain.records import BentoRef, PromotionRecord
-from ct_pipeline.domain.spec import parse_spec
 from ct_pipeline.errors import (
     GitOpsError,
     MergeConflictError,
@@ -25,25 +24,10 @@ from ct_pipeline.errors import (
     RemoteError,
 )
 from ct_pipeline.ports import GitPublisher
+from tests.support.factories import make_spec
+from tests.support.merge_styles import STYLES, merge_by_hand, promote_twice_then_revert
 
 pytestmark = pytest.mark.integration  # real git
-
-
-def make_spec(name: str = "fraud-detector", environment: str = "staging"):
-    return parse_spec(
-        {
-            "name": name,
-            "data": {
-                "source": {"kind": "parquet", "path": "data/x"},
-                "time_column": "ts",
-                "target": "label",
-                "features": ["a", "b"],
-            },
-            "candidates": [{"name": "lgbm", "kind": "lightgbm"}],
-            "metric": {"name": "roc_auc"},
-            "gitops": {"environment": environment},
-        }
-    )
 
 
 def make_bento(spec, version: str, tag_suffix: str = "") -> BentoRef:
@@ -351,29 +335,6 @@ def test_rejected_merge_push_leaves_base_untouched(spec, remote, publisher):
         publisher.merge_promotion("fraud-detector/v1")
     assert git(remote, "rev-parse", "main") == main_before
     assert publisher.get_promotion("fraud-detector/v1").status == "open"
-
-
-def test_record_file_round_trip():
-    record = PromotionRecord(
-        id="m/v1",
-        model="m",
-        version="1",
-        environment="staging",
-        branch="promote/m/v1",
-        title="t",
-        body="b",
-        manifest_path="apps/staging/m/values.yaml",
-        commit="abc",
-        status="merged",
-        created_at=datetime(2026, 1, 1, tzinfo=UTC),
-    )
-    from ct_pipeline.domain.promotion import promotion_files
-
-    files = promotion_files(record, note={"k": 1})
-    stored, doc = parse_record_file(files[record_path("m/v1")])
-    assert stored.commit is None and stored.status == "open"  # live values are read from git
-    assert doc["note"] == {"k": 1} and json.loads(files[record_path("m/v1")])["promotion"]["id"] == "m/v1"
-    assert files[body_path("m/v1")] == b"b\n"
 
 
 # ------------------------------------------------------------------------------------------------ merge styles

@@ -1,4 +1,4 @@
-"""build_bento: unit checks of names/labels, and real builds from a real MLflow sqlite registry."""
+"""build_bento: real builds from a real MLflow sqlite registry (names/labels: tests/unit/test_package.py)."""
 
 from __future__ import annotations
 
@@ -6,38 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from test_serving_support import FEATURES, make_decision, make_spec, register_model, shared_bento_home
 
-from ct_pipeline.adapters.bento import (
-    bento_model_name,
-    bento_model_version,
-    build_bento,
-    runtime_requirements,
-    sanitize_label,
-)
+from ct_pipeline.adapters.bento import build_bento
 from ct_pipeline.errors import PackageError
-
-
-def test_sanitize_label():
-    assert sanitize_label("sha256:" + "a" * 64) == ("sha256-" + "a" * 64)[:63]
-    assert len(sanitize_label("x" * 200)) == 63
-    assert sanitize_label("fraud-detector") == "fraud-detector"
-    assert sanitize_label(" weird / value! ") == "weird-value"
-    assert sanitize_label(3) == "3"
-
-
-def test_names():
-    assert bento_model_name("fraud-detector") == "fraud-detector"
-    assert bento_model_name("Churn Model v2") == "churn-model-v2"
-    assert bento_model_version("12", "0123456789abcdef0123") == "v12-0123456789ab"
-    with pytest.raises(PackageError):
-        bento_model_name("---")
-
-
-def test_runtime_requirements_are_pinned():
-    pins = dict(p.split("==") for p in runtime_requirements())
-    assert {"mlflow", "scikit-learn", "lightgbm", "pandas"} <= set(pins)
-    assert all(pins.values())
+from tests.support.factories import FEATURES, make_decision, make_spec, register_model, shared_bento_home
 
 
 @pytest.fixture
@@ -82,7 +54,7 @@ def test_build_bento_for_real(pkg_settings):
     bento_dir = Path(pkg_settings.paths.bento_home) / "bentos" / "fraud-detector" / ref.bento_tag.partition(":")[2]
     src = bento_dir / "src"
     assert {p.name for p in src.iterdir()} <= {"ct_model.json", "service.py", "ct_contract.py", "bentofile.yaml"}
-    serving = Path(__file__).parents[1] / "serving"
+    serving = Path(__file__).parents[2] / "serving"
     assert (src / "service.py").read_bytes() == (serving / "model_service" / "service.py").read_bytes()
     # the request contract service.py imports, the same file the gateway imports
     assert (src / "ct_contract.py").read_bytes() == (serving / "ct_contract.py").read_bytes()

@@ -51,7 +51,7 @@ from ct_pipeline.domain.records import BentoRef
 from ct_pipeline.domain.spec import discover_specs, load_spec
 from ct_pipeline.settings import load_settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "ct-serving"
 SEED = REPO / "gitops"
 # Flux CRDs: CTPIPE_FLUX_CRDS (CI downloads them), else the project's shared/flux-crds next to the repository.
@@ -886,7 +886,8 @@ def test_workflows_run_these_checks_and_their_shell_passes_shellcheck(tmp_path):
         for name, wf in workflows.items()
     }
     assert (
-        "tests/test_k8s_manifests.py" in runs["gitops.yml"] and "tests/test_github_publisher.py" in runs["gitops.yml"]
+        "tests/cluster/test_k8s_manifests.py" in runs["gitops.yml"]
+        and "tests/integration/test_github_publisher.py" in runs["gitops.yml"]
     )
     assert "helm template" in runs["gitops.yml"] and "kubeconform" in runs["gitops.yml"]
     assert "kind create cluster" in runs["e2e-kind.yml"] and "flux install" in runs["e2e-kind.yml"]

@@ -23,7 +23,7 @@ secondary rate limit with ``Retry-After``, a 429, or a 502.
 
 Run it by hand (the kind end-to-end workflow does)::
 
-    python tests/github_standin.py --root DIR --repo acme/gitops --token T --host 0.0.0.0 --port 8080
+    python tests/support/github_standin.py --root DIR --repo acme/gitops --token T --host 0.0.0.0 --port 8080
 """
 
 from __future__ import annotations

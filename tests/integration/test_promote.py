@@ -1,21 +1,20 @@
-"""promote(): a gate-approved Bento becomes a promotion branch with a readable record."""
+"""promote(): a gate-approved Bento becomes a promotion branch with a readable record.
+
+(The body rendered without git: tests/unit/test_promote.py.)"""
 
 from __future__ import annotations
 
 import json
 import subprocess
-from datetime import UTC, datetime
 
 import pytest
 
 from ct_pipeline.adapters.git_local import LocalGitPublisher, init_local_remote
 from ct_pipeline.adapters.publishers import deployed_model, publisher_for
 from ct_pipeline.domain.promotion import body_path, record_path
-from ct_pipeline.domain.promotion_body import render_body
-from ct_pipeline.domain.records import BentoRef, GateCheck, GateDecision, ModelRef, WindowSnapshot
-from ct_pipeline.domain.spec import parse_spec
 from ct_pipeline.errors import AlreadyDeployedError, PromotionError, PromotionRefusedError
 from ct_pipeline.steps.promote import open_promotion
+from tests.support.promotions import make_bento, make_decision, promotion_spec
 
 
 def promote(spec, decision, bento, settings, publisher=None, extra_files=None):
@@ -28,72 +27,7 @@ pytestmark = pytest.mark.integration  # real git
 
 @pytest.fixture
 def spec():
-    return parse_spec(
-        {
-            "name": "fraud-detector",
-            "data": {
-                "source": {"kind": "parquet", "path": "data/fraud"},
-                "time_column": "ts",
-                "target": "is_fraud",
-                "features": ["amount", "hour"],
-            },
-            "candidates": [{"name": "lgbm", "kind": "lightgbm"}],
-            "metric": {"name": "roc_auc"},
-            "gitops": {"environment": "staging"},
-        }
-    )
-
-
-def make_decision(version: str = "3", champion: str | None = "2", promote_it: bool = True, **extra) -> GateDecision:
-    snapshot = WindowSnapshot(
-        model="fraud-detector",
-        source="parquet:data/fraud",
-        start=datetime(2026, 10, 1, tzinfo=UTC),
-        end=datetime(2026, 10, 31, tzinfo=UTC),
-        rows=48_213,
-        content_hash="sha256:" + "ab" * 32,
-        path="/tmp/snap.parquet",
-        time_column="ts",
-        target="is_fraud",
-        features=["amount", "hour"],
-    )
-    fields = dict(
-        model="fraud-detector",
-        promote=promote_it,
-        reason="roc_auc improves by +0.0178 (95% CI +0.0051 … +0.0302), above the 0.0 minimum"
-        if promote_it
-        else "no significant improvement",
-        challenger=ModelRef(version=version, run_id=f"run-{version}", metric=0.8301),
-        champion=ModelRef(version=champion, run_id=f"run-{champion}", metric=0.8123) if champion else None,
-        metric="roc_auc",
-        direction="maximize",
-        delta=0.0178,
-        ci_low=0.0051,
-        ci_high=0.0302,
-        checks=[
-            GateCheck(name="superiority", passed=True, detail="CI low +0.0051 > 0.0"),
-            GateCheck(name="schema", passed=True, detail="same 2 features"),
-            GateCheck(name="latency", passed=True, detail="p99 | 4 ms", judged=False),
-        ],
-        decided_at=datetime(2026, 11, 1, tzinfo=UTC),
-        snapshot=snapshot,
-    )
-    fields.update(extra)
-    return GateDecision(**fields)
-
-
-def make_bento(version: str = "3", image: bool = True) -> BentoRef:
-    return BentoRef(
-        model="fraud-detector",
-        version=version,
-        run_id=f"run-{version}",
-        bento_tag=f"fraud_detector_service:b{version}",
-        bento_model_tag=f"fraud-detector:m{version}",
-        data_hash="sha256:" + "ab" * 32,
-        image_repository="127.0.0.1:5000/fraud-detector" if image else None,
-        image_tag=f"b{version}" if image else None,
-        image_digest="sha256:" + "cd" * 32 if image else None,
-    )
+    return promotion_spec()
 
 
 @pytest.fixture
@@ -200,15 +134,6 @@ def test_promote_creates_a_missing_values_file_and_takes_extra_files(settings, s
     assert 'version: "3"' in show(settings, f"{record.branch}:{spec.manifest_path}")
     with pytest.raises(PromotionError, match="must not replace"):
         promote(spec, make_decision("3"), make_bento("3"), settings, publisher, extra_files={spec.manifest_path: b""})
-
-
-def test_render_body_for_a_minimize_metric_without_ci(spec):
-    decision = make_decision(
-        "3", direction="minimize", ci_low=None, ci_high=None, delta=None, checks=[], reason="forced through"
-    )
-    body = render_body(spec, decision, make_bento("3"))
-    assert "↓ lower is better" in body and "| 0.8123 | 0.8301 | — |" in body
-    assert "Gate checks" not in body and "CI" not in body.split("**Lineage**")[0]
 
 
 class RacingPublisher(LocalGitPublisher):

@@ -20,7 +20,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from test_serving_support import frame, free_tcp_port, make_decision, make_spec, register_model, shared_bento_home
 
 from ct_pipeline.adapters.engines import select_engine
 from ct_pipeline.adapters.oci_registry import Registry
@@ -30,11 +29,13 @@ from ct_pipeline.domain.tags import OCI
 from ct_pipeline.errors import EngineUnavailable, ImageError
 from ct_pipeline.settings import Settings, load_settings
 from ct_pipeline.steps import package as image_mod
-from ct_pipeline.steps.package import build_and_push, image_repository, image_tag, package_image, prepare_context
+from ct_pipeline.steps.package import build_and_push, package_image, prepare_context
+from tests.support.factories import bento_ref as _ref
+from tests.support.factories import frame, free_tcp_port, make_decision, make_spec, register_model, shared_bento_home
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SETUP = REPO_ROOT / "scripts" / "containers-setup.sh"
 # Where the engine's state lives (base image, layer cache, registry storage): the make/demo home, captured
 # before the per-test fixtures point CTPIPE_HOME elsewhere, so the base image is built once per machine.
@@ -66,26 +67,6 @@ def _report_timings(request):
 
 
 # ------------------------------------------------------------------------------------------ no engine needed
-
-
-def _ref(**kw) -> BentoRef:
-    base = {
-        "model": "fraud-detector",
-        "version": "7",
-        "run_id": "0123456789abcdef",
-        "bento_tag": "fraud-detector:abc",
-        "bento_model_tag": "fraud-detector:v7-0123456789ab",
-        "data_hash": "sha256:" + "ab" * 32,
-    }
-    return BentoRef(**{**base, **kw})
-
-
-def test_names(tmp_path):
-    s = load_settings(paths={"home": tmp_path}, image={"registry": "127.0.0.1:5000", "repository_prefix": "Team/ML"})
-    assert image_repository(s, "fraud-detector") == "127.0.0.1:5000/team/ml/fraud-detector"
-    assert image_repository(s.replace(image={"repository_prefix": ""}), "m") == "127.0.0.1:5000/m"
-    assert image_tag(_ref()) == "fraud-detector-v7"
-    assert image_tag(_ref(version="3 rc/1")) == "fraud-detector-v3-rc-1"
 
 
 def test_labels_carry_lineage(tmp_path):
@@ -483,7 +464,8 @@ def _ctpipe(environ: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 
 def _write_model(home: Path, end: datetime) -> None:
     from ruamel.yaml import YAML
-    from test_serving_support import SPEC
+
+    from tests.support.factories import SPEC
 
     (home / "models").mkdir(parents=True)
     with (home / "models" / "image-loop.yaml").open("w") as fh:
