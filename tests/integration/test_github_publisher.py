@@ -401,7 +401,13 @@ def test_ctpipe_promotions_list_and_merge_on_github(standin, git_dir, publisher,
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     synced = []  # the registry sync after a merge is the loop's business (MLflow); record that it ran
-    monkeypatch.setattr("ct_pipeline.pipeline.step_sync", lambda spec, settings: synced.append(spec.name) or "synced")
+    from ct_pipeline.domain.records import SyncResult
+
+    def fake_sync(ctx):
+        synced.append(ctx.spec.name)
+        return SyncResult(model=ctx.spec.name, lines=["synced"])
+
+    monkeypatch.setattr("ct_pipeline.steps.sync.sync", fake_sync)
     runner = CliRunner()
     listed = runner.invoke(app, ["promotions", "list"], env=env)
     assert listed.exit_code == 0, listed.output
