@@ -2,7 +2,7 @@
 """`make bench`: the serving path measured on this machine, in one run, with wrk.
 
 Same model (LightGBM, 200 trees x 20 features, binary; logged to a temporary MLflow sqlite store and built
-into a Bento with ct_pipeline.package.build_bento), same single-row JSON payload, concurrency 1/32/64/128:
+into a Bento with ct_pipeline.adapters.bento.build_bento), same single-row JSON payload, concurrency 1/32/64/128:
 
   a      the ceiling: one FastAPI (uvicorn) process with the model in-process
   b-off  the BentoML model server direct, adaptive batching off (CT_BATCHING=false)

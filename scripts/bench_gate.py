@@ -4,7 +4,7 @@ Seeded trials on synthetic holdouts with known truth (binormal scores, so each m
 - equal:  challenger and champion have the same true AUC -> a promotion is a false promotion;
 - better: the challenger's true AUC is higher by --gain (default +0.01) -> a promotion is a detection (power).
 Both models share most of their noise (correlation --rho), as two models of the same data do. Each trial runs
-the gate's own decision: the paired bootstrap (ct_pipeline.gate.paired_bootstrap) and decide().
+the gate's own decision: the paired bootstrap (ct_pipeline.steps.gate.scoring.paired_bootstrap) and decide().
 
     python scripts/bench_gate.py [--trials 200] [--rows 50000] [--resamples 1000] [--workers 2]
 """

@@ -2,7 +2,7 @@
 
 - The gateway imports it from ``serving/`` (``--app-dir serving``; the gateway image copies it next to
   ``gateway/``).
-- The model service imports it from its bento: ``ct_pipeline.package.build_bento`` copies this file next to
+- The model service imports it from its bento: ``ct_pipeline.adapters.bento.build_bento`` copies this file next to
   ``service.py`` and includes it in the bento.
 
 So it must not import ct_pipeline, and nothing heavier than pydantic: both sides validate rows with exactly

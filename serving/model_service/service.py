@@ -1,7 +1,7 @@
 """BentoML 1.4 service serving one MLflow pyfunc model built by the ct-pipeline.
 
 Everything model-specific comes from ``ct_model.json`` next to this file (written by
-``ct_pipeline.package.build_bento``): the bento model tag to load, the lineage (model, version,
+``ct_pipeline.adapters.bento.build_bento``): the bento model tag to load, the lineage (model, version,
 MLflow run id, data hash), the task and the ordered features with their MLflow dtypes.
 
 Endpoints (all BentoML APIs are POST):
@@ -43,7 +43,7 @@ logger = logging.getLogger("ct_model_service")
 CONFIG_PATH = Path(os.environ.get("CT_MODEL_CONFIG", Path(__file__).with_name("ct_model.json")))
 if not CONFIG_PATH.is_file():
     raise FileNotFoundError(
-        f"ct_model.json not found at {CONFIG_PATH}: this service is built by ct_pipeline.package.build_bento "
+        f"ct_model.json not found at {CONFIG_PATH}: this service is built by ct_pipeline.adapters.bento.build_bento "
         "(or point CT_MODEL_CONFIG at a config file)"
     )
 CONFIG: dict[str, Any] = json.loads(CONFIG_PATH.read_text())

@@ -79,7 +79,7 @@ def publisher(standin, git_dir) -> GitHubPublisher:
 
 
 def open_version(pub: GitPublisher, version: str, suffix: str = "", base_text: str | None = None) -> PromotionRecord:
-    """What ct_pipeline.promote does, minus the gate: bump the values file on the base, propose it."""
+    """What ct_pipeline.steps.promote does, minus the gate: bump the values file on the base, propose it."""
     spec = make_spec()
     current = pub.read_file(spec.manifest_path) if base_text is None else base_text
     record = PromotionRecord(
