@@ -1,6 +1,7 @@
 """The real gateway in front of the real BentoML model server, as processes started with the commands the
 local runtime (ct_pipeline.adapters.local_runtime) uses: valid and invalid payloads, lineage, micro-batching,
-metrics, the prediction log, and the model server going down (503 with a clear body) and coming back (the gateway recovers by itself).
+metrics, the prediction log, and the model server going down (503 with a clear body) and coming back (the
+gateway recovers by itself).
 """
 
 from __future__ import annotations
