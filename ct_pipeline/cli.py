@@ -59,7 +59,10 @@ def _main(
     debug: Annotated[bool, typer.Option("--debug", help="show the traceback of every error")] = False,
 ) -> None:
     global _STATE
-    _STATE = CliState(settings=load_settings(), debug=debug)
+    try:
+        _STATE = CliState(settings=load_settings(), debug=debug)
+    except CtPipelineError as exc:  # a bad CTPIPE_* value: name it, no traceback
+        _fail(str(exc))
 
 
 def _state() -> CliState:

@@ -125,8 +125,12 @@ def build_dag(spec_path: Path) -> Any:
 
 
 def build_dags(models_dir: str | Path | None = None) -> dict[str, Any]:
-    """All DAGs for the specs in models_dir (CTPIPE_MODELS_DIR, default ./models)."""
-    models_dir = Path(models_dir or os.environ.get("CTPIPE_MODELS_DIR", "models"))
+    """All DAGs for the specs in models_dir (default: the settings' CTPIPE_MODELS_DIR, ./models)."""
+    if models_dir is None:
+        from ct_pipeline.settings import PathsSettings
+
+        models_dir = PathsSettings().models_dir
+    models_dir = Path(models_dir)
     dags = {}
     for path in discover_specs(models_dir):
         built = build_dag(path)

@@ -247,5 +247,21 @@ class Settings(BaseSettings):
 
 def load_settings(**groups: Mapping[str, Any]) -> Settings:
     """Read the environment into one :class:`Settings` (the CLI callback and the DAG task wrapper call this);
-    ``groups`` override single fields, e.g. ``load_settings(paths={"home": tmp})``."""
-    return Settings().replace(**groups)
+    ``groups`` override single fields, e.g. ``load_settings(paths={"home": tmp})``. A bad value is a
+    :class:`~ct_pipeline.errors.ConfigError` naming the variable."""
+    from pydantic import ValidationError
+
+    from ct_pipeline.errors import ConfigError
+
+    try:
+        return Settings().replace(**groups)
+    except ValidationError as exc:
+        prefix = {cls.__name__: cls.model_config.get("env_prefix", "") for cls in _GROUPS}.get(exc.title, "CTPIPE_")
+        problems = "; ".join(
+            f"{prefix}{'_'.join(str(p) for p in err['loc']).upper()}={err.get('input')!r}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None
+
+
+_GROUPS = (PathsSettings, MlflowSettings, GitOpsSettings, GitHubSettings, ImageSettings, ServingSettings)

@@ -69,16 +69,17 @@ class InMemoryPublisher:
         self.base_branch = base_branch
         self._clock = FixedClock()
         root = _sha("root")
-        self._commits: dict[str, dict[str, str]] = {root: dict(files or {})}
+        # trees hold bytes (evidence plots are PNGs); read_file decodes text files
+        self._commits: dict[str, dict[str, bytes]] = {root: {p: t.encode() for p, t in (files or {}).items()}}
         self._log: list[str] = [root]  # the base branch, oldest first
-        self._branches: dict[str, tuple[PromotionRecord, dict[str, str]]] = {}
+        self._branches: dict[str, tuple[PromotionRecord, dict[str, bytes]]] = {}
         self._events: list[GitOpsEvent] = []  # newest last
 
     @property
     def remote_url(self) -> str:
         return "memory://gitops"
 
-    def _tree(self, ref: str | None) -> dict[str, str]:
+    def _tree(self, ref: str | None) -> dict[str, bytes]:
         if ref is None or ref == self.base_branch:
             return self._commits[self._log[-1]]
         if ref in self._commits:
@@ -89,21 +90,22 @@ class InMemoryPublisher:
         raise GitOpsError(f"unknown ref {ref!r}")
 
     def read_file(self, path: str, ref: str | None = None) -> str | None:
-        return self._tree(ref).get(path)
+        data = self._tree(ref).get(path)
+        return data.decode() if data is not None else None
 
     def head(self, ref: str | None = None) -> str:
         if ref is None or ref == self.base_branch:
             return self._log[-1]
         return _sha(ref, sorted(self._tree(ref).items()))
 
-    def _commit(self, files: dict[str, str]) -> str:
+    def _commit(self, files: dict[str, bytes]) -> str:
         sha = _sha(self._log[-1], sorted(files.items()), len(self._log))
         self._commits[sha] = files
         self._log.append(sha)
         return sha
 
     def open_promotion(self, record: PromotionRecord, files: Mapping[str, bytes]) -> PromotionRecord:
-        tree = {**self._tree(None), **{p: d.decode() for p, d in files.items()}}
+        tree = {**self._tree(None), **files}
         opened = record.model_copy(update={"status": "open", "commit": _sha(record.id, sorted(tree.items()))})
         self._branches[record.id] = (opened, tree)
         return opened
@@ -152,9 +154,10 @@ class InMemoryPublisher:
         target = live[0]
         before = self._commits[self._log[self._log.index(target.commit) - 1]]
         tree = dict(self._tree(None))
-        tree[target.manifest_path] = before.get(target.manifest_path, "")
-        if not tree[target.manifest_path]:
-            del tree[target.manifest_path]
+        if target.manifest_path in before:
+            tree[target.manifest_path] = before[target.manifest_path]
+        else:
+            tree.pop(target.manifest_path, None)
         sha = self._commit(tree)
         self._events.append(
             target.model_copy(
@@ -265,6 +268,9 @@ class InMemoryTracker:
             return self.artifacts[(run_id, artifact_path)]
         except KeyError:
             raise RegistryError(f"no artifact {artifact_path} on run {run_id}") from None
+
+    def input_dtypes(self, model_dir: Path) -> dict[str, str] | None:
+        return None
 
     def download_model(self, model: str, version: str, dst: Path) -> Path:
         raise RegistryError("the in-memory tracker keeps model objects, not model directories")

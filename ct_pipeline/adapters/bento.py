@@ -77,17 +77,13 @@ def runtime_requirements() -> list[str]:
     return pins
 
 
-def _feature_dtypes(mlflow_model_dir: Path, features: list[str], model_uri: str) -> dict[str, str]:
+def _feature_dtypes(
+    tracker: MlflowTracker, mlflow_model_dir: Path, features: list[str], model_uri: str
+) -> dict[str, str]:
     """MLflow signature dtypes of the spec's features ('double' when the model has no signature)."""
-    from mlflow.models import Model as MLflowModel
-
-    signature = MLflowModel.load(str(mlflow_model_dir / "MLmodel")).signature
-    if signature is None or signature.inputs is None or not signature.inputs.has_input_names():
+    dtypes = tracker.input_dtypes(mlflow_model_dir)
+    if dtypes is None:
         return {f: "double" for f in features}
-    dtypes = {}
-    for spec in signature.inputs.inputs:
-        dtype = getattr(spec, "type", None)
-        dtypes[spec.name] = getattr(dtype, "name", str(dtype)) if dtype is not None else "double"
     missing = [f for f in features if f not in dtypes]
     if missing:
         raise PackageError(f"model {model_uri} signature lacks spec features {missing} (has {sorted(dtypes)})")
@@ -195,7 +191,7 @@ def _build(spec: ModelSpec, decision: GateDecision, settings: Settings, tracker:
             raise PackageError(str(exc)) from None
         bento_model = _import_bento_model(spec, version, run_id, data_hash, model_uri, local)
     features = list(spec.data.features)
-    dtypes = _feature_dtypes(Path(bento_model.path_of("mlflow_model")), features, model_uri)
+    dtypes = _feature_dtypes(tracker, Path(bento_model.path_of("mlflow_model")), features, model_uri)
     labels = _lineage_labels(spec, version, run_id, data_hash)
     config = {
         "service_name": bento_model_name(spec.name).replace("-", "_").replace(".", "_"),

@@ -3,13 +3,16 @@ registry (versions, aliases, tags, loading), against one store.
 
 Every MLflow call of ct-pipeline goes through :class:`MlflowTracker`, built once per run from the settings, so a
 run cannot end up split across two stores (the tracking URI used to come from CTPIPE_MLFLOW_TRACKING_URI in one
-place and from MLflow's ambient MLFLOW_TRACKING_URI in another). The fluent API (needed by the flavors'
-``log_model``) is pointed at the same URIs when the tracker is created.
+place and from MLflow's ambient MLFLOW_TRACKING_URI in another). The client calls name the store explicitly. The
+fluent API (the flavors' ``log_model``, ``pyfunc.load_model``, ``models:/`` downloads) reads MLflow's process-wide
+URIs, and ``mlflow.set_tracking_uri`` also exports them as environment variables: each fluent call runs inside
+:meth:`MlflowTracker.scope`, which points them at this store and puts the previous values (and variables) back.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -29,15 +32,33 @@ class MlflowTracker:
     """:class:`~ct_pipeline.ports.Tracker` over ``MlflowClient`` (a sqlite store or a tracking server alike)."""
 
     def __init__(self, tracking_uri: str, registry_uri: str | None = None) -> None:
-        import mlflow
         from mlflow import MlflowClient
 
         self.tracking_uri = tracking_uri
         self.registry_uri = registry_uri or tracking_uri
         self.client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.registry_uri)
-        # The flavors' log_model and bentoml's import use the fluent API: same store as the client.
-        mlflow.set_tracking_uri(self.tracking_uri)
-        mlflow.set_registry_uri(self.registry_uri)
+
+    @contextmanager
+    def scope(self) -> Iterator[None]:
+        """MLflow's fluent API on this store for the duration; the process's previous state is restored."""
+        import mlflow.tracking._model_registry.utils as registry_state
+        import mlflow.tracking._tracking_service.utils as tracking_state
+
+        names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+        saved_env = {name: os.environ.get(name) for name in names}
+        saved = (tracking_state._tracking_uri, registry_state._registry_uri)
+        tracking_state.set_tracking_uri(self.tracking_uri)
+        registry_state.set_registry_uri(self.registry_uri)
+        try:
+            yield
+        finally:
+            tracking_state.set_tracking_uri(saved[0])  # type: ignore[arg-type]  # None unsets it, as in MLflow
+            registry_state._registry_uri = saved[1]
+            for name, value in saved_env.items():  # MLflow exports both for subprocesses: undo that too
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
     def __repr__(self) -> str:
         return f"MlflowTracker({self.tracking_uri!r})"
@@ -53,9 +74,10 @@ class MlflowTracker:
 
     @contextmanager
     def start_run(self, experiment_id: str, run_name: str, tags: Mapping[str, str]) -> Iterator[str]:
+        """The ``log_*`` calls below write to this run (MLflow's active run) until the context ends."""
         import mlflow
 
-        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags)) as run:
+        with self.scope(), mlflow.start_run(experiment_id=experiment_id, run_name=run_name, tags=dict(tags)) as run:
             yield run.info.run_id
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -70,7 +92,6 @@ class MlflowTracker:
 
     def dataset(self, frame: pd.DataFrame, *, source: str, targets: str, name: str) -> Any:
         """An MLflow dataset of ``frame`` (hashed once here; log it to many runs)."""
-
         from mlflow.data.pandas_dataset import from_pandas
 
         return from_pandas(frame, source=source, targets=targets, name=name)
@@ -124,9 +145,24 @@ class MlflowTracker:
         import mlflow
 
         try:
-            return Path(mlflow.artifacts.download_artifacts(f"models:/{model}/{version}", dst_path=str(dst)))
+            with self.scope():
+                return Path(mlflow.artifacts.download_artifacts(f"models:/{model}/{version}", dst_path=str(dst)))
         except Exception as exc:  # MlflowException, OSError: the artifacts are gone or unreachable
             raise RegistryError(f"cannot download {model} v{version} from {self.tracking_uri}: {exc}") from exc
+
+    @staticmethod
+    def input_dtypes(model_dir: Path) -> dict[str, str] | None:
+        """Column -> MLflow dtype name from a model directory's signature (None without a named signature)."""
+        from mlflow.models import Model
+
+        signature = Model.load(str(model_dir / "MLmodel")).signature
+        if signature is None or signature.inputs is None or not signature.inputs.has_input_names():
+            return None
+        dtypes = {}
+        for column in signature.inputs.inputs:
+            dtype = getattr(column, "type", None)
+            dtypes[column.name] = getattr(dtype, "name", str(dtype)) if dtype is not None else "double"
+        return dtypes
 
     # -- registry
 
@@ -192,6 +228,7 @@ class MlflowTracker:
         import mlflow.pyfunc
 
         try:
-            return mlflow.pyfunc.load_model(f"models:/{model}/{version}")
+            with self.scope():
+                return mlflow.pyfunc.load_model(f"models:/{model}/{version}")
         except Exception as exc:  # artifacts gone, flavor missing, ...: the caller reports it
             raise RegistryError(f"cannot load {model} v{version} from the registry: {exc}") from exc

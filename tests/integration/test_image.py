@@ -230,8 +230,13 @@ def test_context_is_bentomls_with_the_local_base(img_settings, bento, tmp_path):
 
 
 def test_auto_detects_podman_socket_through_docker_host(img_settings, monkeypatch):
+    from ct_pipeline.settings import ImageSettings
+
+    monkeypatch.delenv("CTPIPE_DOCKER_HOST", raising=False)
     monkeypatch.setenv("DOCKER_HOST", img_settings.image.docker_host)
-    engine = select_engine(img_settings.replace(image={"engine": "auto", "docker_host": None}))
+    from_env = ImageSettings(engine="auto").docker_host  # DOCKER_HOST is read once, into the settings
+    assert from_env == img_settings.image.docker_host
+    engine = select_engine(img_settings.replace(image={"engine": "auto", "docker_host": from_env}))
     assert engine.name == "docker" and "podman" in engine.describe()
 
 
@@ -389,8 +394,8 @@ def test_cli_engines_build_and_push(img_settings, bento, engine, image_format, m
     """BentoML's containerize backends (the podman / buildah CLIs): the same labels; OCI builds also carry them
     as manifest annotations."""
     ref, _ = bento
-    s = img_settings.model_copy(
-        update={"image_engine": engine, "image_format": image_format, "image_repository_prefix": f"{PREFIX}-{engine}"}
+    s = img_settings.replace(
+        image={"engine": engine, "format": image_format, "repository_prefix": f"{PREFIX}-{engine}"}
     )
     started = time.monotonic()
     out = build_and_push(ref, s)

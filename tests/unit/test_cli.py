@@ -50,3 +50,31 @@ def test_invalid_spec_dir(settings, tmp_path, monkeypatch):
     result = runner.invoke(app, ["validate"])
     assert result.exit_code == 1
     assert "data: Field required" in result.output
+
+
+def test_a_bad_setting_is_one_line_naming_the_variable(in_repo, monkeypatch):
+    monkeypatch.setenv("CTPIPE_GATEWAY_PORT", "eighty")
+    result = runner.invoke(app, ["validate"])
+    assert result.exit_code == 1
+    assert "invalid settings: CTPIPE_GATEWAY_PORT='eighty'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_bug_keeps_its_traceback_and_debug_shows_it_for_errors_too(in_repo, monkeypatch):
+    import ct_pipeline.cli as cli
+
+    def broken(*_args, **_kwargs):
+        raise KeyError("a bug, not a user mistake")
+
+    monkeypatch.setattr(cli, "_all_specs", broken)
+    result = runner.invoke(app, ["sync", "fraud-detector"])
+    assert result.exit_code == 1 and isinstance(result.exception, KeyError)  # not turned into "error: ..."
+    assert "error:" not in result.output
+
+    monkeypatch.undo()
+    monkeypatch.chdir(REPO)
+    plain = runner.invoke(app, ["run", "no-such-model"])
+    debug = runner.invoke(app, ["--debug", "run", "no-such-model"])
+    assert plain.exit_code == debug.exit_code == 1
+    assert "Traceback" not in plain.output and "Traceback" in debug.output
+    assert "no model spec named 'no-such-model'" in debug.output
