@@ -5,14 +5,13 @@ Every MLflow call of ct-pipeline goes through :class:`MlflowTracker`, built once
 run cannot end up split across two stores (the tracking URI used to come from CTPIPE_MLFLOW_TRACKING_URI in one
 place and from MLflow's ambient MLFLOW_TRACKING_URI in another). The client calls name the store explicitly. The
 fluent API (the flavors' ``log_model``, ``pyfunc.load_model``, ``models:/`` downloads) reads MLflow's process-wide
-URIs, and ``mlflow.set_tracking_uri`` also exports them as environment variables: each fluent call runs inside
-:meth:`MlflowTracker.scope`, which points them at this store and puts the previous values (and variables) back.
+URIs: each fluent call runs inside :meth:`MlflowTracker.scope`, which points them at this store and puts the
+previous values back, without touching the environment.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -40,25 +39,20 @@ class MlflowTracker:
 
     @contextmanager
     def scope(self) -> Iterator[None]:
-        """MLflow's fluent API on this store for the duration; the process's previous state is restored."""
+        """MLflow's fluent API on this store for the duration; the process's previous state is restored.
+
+        Sets MLflow's module state directly: ``mlflow.set_tracking_uri`` would also export MLFLOW_TRACKING_URI
+        into the environment of the whole process."""
         import mlflow.tracking._model_registry.utils as registry_state
         import mlflow.tracking._tracking_service.utils as tracking_state
 
-        names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
-        saved_env = {name: os.environ.get(name) for name in names}
         saved = (tracking_state._tracking_uri, registry_state._registry_uri)
-        tracking_state.set_tracking_uri(self.tracking_uri)
-        registry_state.set_registry_uri(self.registry_uri)
+        setattr(tracking_state, "_tracking_uri", self.tracking_uri)  # noqa: B010 (module state, typed None)
+        setattr(registry_state, "_registry_uri", self.registry_uri)  # noqa: B010
         try:
             yield
         finally:
-            tracking_state.set_tracking_uri(saved[0])  # type: ignore[arg-type]  # None unsets it, as in MLflow
-            registry_state._registry_uri = saved[1]
-            for name, value in saved_env.items():  # MLflow exports both for subprocesses: undo that too
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+            tracking_state._tracking_uri, registry_state._registry_uri = saved
 
     def __repr__(self) -> str:
         return f"MlflowTracker({self.tracking_uri!r})"
