@@ -38,15 +38,12 @@ class Step:
     name: str
     run: Callable[..., Record]
     output: type[Record]
-    summary: Callable[..., str]  # summary(record) or summary(record, spec): one line for logs and progress
+    summary: Callable[[Any, Any], str]  # summary(record, spec): one line for the logs and the progress display
     inputs: tuple[str, ...] = ()  # earlier steps whose records this one takes, in order
     halt: Halt | None = None
 
     def describe(self, record: Any, spec: Any) -> str:
-        import inspect
-
-        takes_spec = len(inspect.signature(self.summary).parameters) > 1
-        return self.summary(record, spec) if takes_spec else self.summary(record)
+        return self.summary(record, spec)
 
 
 def _sync(ctx: Any) -> SyncResult:
@@ -85,7 +82,7 @@ def _promote(ctx: Any, decision: GateDecision, bento: BentoRef) -> PromotionReco
     return promote(ctx, decision, bento)
 
 
-def _pull_summary(s: WindowSnapshot) -> str:
+def _pull_summary(s: WindowSnapshot, spec: Any) -> str:
     return f"{s.rows} rows in [{s.start:%Y-%m-%d %H:%M}, {s.end:%Y-%m-%d %H:%M}) {s.content_hash[:19]}"
 
 
@@ -93,21 +90,21 @@ def _train_summary(t: TrainResult, spec: Any) -> str:
     return ", ".join(f"{c.name} v{c.version} {spec.metric.name}={c.primary_metric:.4f}" for c in t.candidates)
 
 
-def _package_summary(b: BentoRef) -> str:
+def _package_summary(b: BentoRef, spec: Any) -> str:
     image = f", image {b.image_repository}:{b.image_tag}@{b.image_digest}" if b.image_digest else ""
     return f"bento {b.bento_tag}{image}"
 
 
 # The step functions import their heavy libraries when called, so importing this table is cheap (DAG files).
 STEPS: tuple[Step, ...] = (
-    Step("sync", _sync, SyncResult, lambda r: r.summary()),
+    Step("sync", _sync, SyncResult, lambda r, spec: r.summary()),
     Step("pull", _pull, WindowSnapshot, _pull_summary),
     Step("train", _train, TrainResult, _train_summary, inputs=("pull",)),
     Step(
         "gate",
         _gate,
         GateDecision,
-        lambda d: ("PROMOTE: " if d.promote else "NOT PROMOTED: ") + d.reason,
+        lambda d, spec: ("PROMOTE: " if d.promote else "NOT PROMOTED: ") + d.reason,
         inputs=("train",),
         halt=Halt("promote_wanted", proceed=lambda d: bool(d.promote), reason=lambda d: d.reason),
     ),
@@ -116,7 +113,7 @@ STEPS: tuple[Step, ...] = (
         "promote",
         _promote,
         PromotionRecord,
-        lambda p: f"branch {p.branch}: {p.title}",
+        lambda p, spec: f"promotion {p.id} on branch {p.branch}: {p.title}",
         inputs=("gate", "package"),
     ),
 )

@@ -54,35 +54,17 @@ def slice_results(
                 note = f"{rows} rows < min_rows {cfg.min_rows}"
             elif positives is not None and min(positives, rows - positives) < cfg.min_positives:
                 note = f"{positives} positives / {rows - positives} negatives < min_positives {cfg.min_positives}"
+            observed = SliceResult(
+                column=column, value=str(value), rows=rows, positives=positives, judged=False, passed=True
+            )
             if note:
-                results.append(
-                    SliceResult(
-                        column=column,
-                        value=str(value),
-                        rows=rows,
-                        positives=positives,
-                        judged=False,
-                        passed=True,
-                        note=note,
-                    )
-                )
+                results.append(observed.model_copy(update={"note": note}))
                 continue
             chal = metric(spec.metric.name, y[mask], challenger[mask])
             champ = metric(spec.metric.name, y[mask], champion[mask])
             delta = sign * (chal - champ)
-            results.append(
-                SliceResult(
-                    column=column,
-                    value=str(value),
-                    rows=rows,
-                    positives=positives,
-                    champion_metric=champ,
-                    challenger_metric=chal,
-                    delta=delta,
-                    judged=True,
-                    passed=delta >= -cfg.max_degradation,
-                )
-            )
+            measured = {"champion_metric": champ, "challenger_metric": chal, "delta": delta, "judged": True}
+            results.append(observed.model_copy(update={**measured, "passed": delta >= -cfg.max_degradation}))
     judged = [r for r in results if r.judged]
     worst = min(judged, key=lambda r: r.delta or 0.0, default=None)  # judged slices always have a delta
     if worst is not None:
