@@ -13,7 +13,20 @@ from functools import cached_property
 
 from ct_pipeline.domain.records import RunRequest
 from ct_pipeline.domain.spec import ModelSpec
-from ct_pipeline.ports import BentoStore, Clock, DataReader, GitPublisher, ImageEngine, ImageRegistry, Runtime, Tracker
+from ct_pipeline.ports import (
+    BentoStore,
+    Clock,
+    DataReader,
+    GitPublisher,
+    ImageEngine,
+    ImageRegistry,
+    LabelsReader,
+    MetricsPusher,
+    PredictionLogReader,
+    RetrainTrigger,
+    Runtime,
+    Tracker,
+)
 from ct_pipeline.settings import Settings
 
 
@@ -31,6 +44,11 @@ class StepContext:
     # None: Bento only (CTPIPE_IMAGE_ENGINE=none). The factory raises EngineUnavailable saying why.
     engine_factory: Callable[[], ImageEngine] | None = None
     image_registry_factory: Callable[[], ImageRegistry] | None = None
+    # The feedback half (the monitor DAG / `ctpipe monitor`); None where a run does not need them.
+    predictions: PredictionLogReader | None = None
+    labels: LabelsReader | None = None
+    metrics: MetricsPusher | None = None
+    retrain: RetrainTrigger | None = None
     notes: list[str] = field(default_factory=list)
 
     @cached_property

@@ -104,3 +104,19 @@ class RolloutError(CtPipelineError):
 
 
 __all__ = [name for name, value in dict(globals()).items() if isinstance(value, type) and issubclass(value, Exception)]
+
+
+class MonitoringError(CtPipelineError):
+    """The monitor could not judge the served model (no predictions, no reference...)."""
+
+
+class NoPredictionsError(MonitoringError, DataError):
+    """No predictions were logged for the model in the window."""
+
+
+class AlertPathDown(MonitoringError):
+    """Prometheus, the Pushgateway or Alertmanager did not answer (the URL is in the message)."""
+
+
+class TriggerError(MonitoringError):
+    """A retrain request could not be posted to Airflow (the URL is in the message)."""

@@ -7,7 +7,7 @@ Adapters (``ct_pipeline.adapters``) implement them thinly, one adapter per exter
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
@@ -15,8 +15,11 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import pandas as pd
+    import pyarrow as pa
+    from prometheus_client import CollectorRegistry
 
     from ct_pipeline.domain.history import GitOpsEvent
+    from ct_pipeline.domain.monitoring import LabelsSource
     from ct_pipeline.domain.records import (
         BentoRef,
         DeployedModel,
@@ -218,3 +221,60 @@ __all__ = [
     "Runtime",
     "Tracker",
 ]
+
+
+# -- the feedback half: what the monitor reads and where its numbers and requests go
+
+
+@runtime_checkable
+class PredictionLogReader(Protocol):
+    """The gateway's prediction log (Parquet by hour, local or on an object store), read as a stream."""
+
+    @property
+    def location(self) -> str: ...
+
+    def scan(
+        self, model: str, start: datetime, end: datetime, features: Sequence[str], batch_size: int = 65_536
+    ) -> Iterator[pa.RecordBatch]:
+        """Batches of the rows logged for ``model`` with ``start <= ts < end``: columns ``ts``, ``request_id``,
+        ``row``, ``version``, ``prediction`` and one column per feature (flattened from the ``features`` struct).
+        Yields nothing when there is no log (the caller words the error)."""
+        ...
+
+
+@runtime_checkable
+class LabelsReader(Protocol):
+    """Outcomes that arrive later than the predictions (Parquet or SQL), keyed by request id or entity."""
+
+    def read(self, source: LabelsSource, start: datetime, end: datetime) -> pd.DataFrame:
+        """The labels for predictions made in [start, end): the key column(s) and the label column.
+        Raises DataError naming a missing column."""
+        ...
+
+
+@runtime_checkable
+class MetricsPusher(Protocol):
+    """Where the monitor's numbers go for dashboards and alert rules (a Prometheus Pushgateway)."""
+
+    @property
+    def target(self) -> str | None: ...
+
+    def push(self, model: str, registry: CollectorRegistry) -> None:
+        """Replace this model's group of monitor metrics. Raises AlertPathDown naming the URL."""
+        ...
+
+
+@runtime_checkable
+class RetrainTrigger(Protocol):
+    """Airflow's data-aware scheduling: an asset event starts the model's training DAG."""
+
+    @property
+    def target(self) -> str | None: ...
+
+    def last_event(self, asset_uri: str) -> datetime | None:
+        """When the newest event of this asset was recorded, None if never."""
+        ...
+
+    def post_event(self, asset_uri: str, extra: Mapping[str, Any]) -> int:
+        """Record one asset event carrying ``extra`` (the reason); returns its id."""
+        ...

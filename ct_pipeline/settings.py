@@ -192,6 +192,36 @@ class ServingSettings(BaseSettings):
         return f"http://{self.bind_host}:{self.gateway_port}"
 
 
+class MonitoringSettings(BaseSettings):
+    """``CTPIPE_PREDICTION_LOG_URI``, ``CTPIPE_PUSHGATEWAY_URL``, ``CTPIPE_PROMETHEUS_URL``,
+    ``CTPIPE_ALERTMANAGER_URL``, ``CTPIPE_REPORTS_DIR``: where predictions are read and the numbers go."""
+
+    model_config = _group("CTPIPE_")
+
+    prediction_log_uri: str | None = Field(
+        default=None,
+        description="Prediction log root: a directory or a pyarrow filesystem URI (s3://bucket/prefix, file://...); "
+        "default HOME/runtime/predictions (where the local gateway writes).",
+    )
+    pushgateway_url: str | None = Field(default=None, description="Prometheus Pushgateway for the monitor's metrics.")
+    prometheus_url: str | None = None
+    alertmanager_url: str | None = None
+    reports_dir: Path | None = Field(default=None, description="Where reports are written; default HOME/reports.")
+
+
+class AirflowSettings(BaseSettings):
+    """``CTPIPE_AIRFLOW_API_URL``, ``CTPIPE_AIRFLOW_USERNAME``/``_PASSWORD`` or ``CTPIPE_AIRFLOW_TOKEN``: the REST
+    API v2 that asset events (retrain requests) are posted to."""
+
+    model_config = _group("CTPIPE_AIRFLOW_")
+
+    api_url: str | None = Field(default=None, description="e.g. http://127.0.0.1:8080 (no /api/v2)")
+    username: str | None = None
+    password: SecretStr | None = None
+    token: SecretStr | None = Field(default=None, description="A JWT from POST /auth/token, instead of a password")
+    timeout: float = Field(default=10.0, gt=0)
+
+
 class Settings(BaseSettings):
     """Everything configurable, in groups; ``Settings()`` reads the environment (once, at the edge)."""
 
@@ -203,6 +233,8 @@ class Settings(BaseSettings):
     github: GitHubSettings = Field(default_factory=GitHubSettings)
     image: ImageSettings = Field(default_factory=ImageSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+    airflow: AirflowSettings = Field(default_factory=AirflowSettings)
 
     # Resolved defaults, so no caller re-derives them.
     @property
@@ -220,6 +252,14 @@ class Settings(BaseSettings):
     @property
     def gitops_remote_url(self) -> str:
         return self.gitops.remote or str(self.paths.home_dir / "gitops.git")
+
+    @property
+    def prediction_log_uri(self) -> str:
+        return self.monitoring.prediction_log_uri or str(self.paths.runtime_dir / "predictions")
+
+    @property
+    def reports_dir(self) -> Path:
+        return (self.monitoring.reports_dir or self.paths.home_dir / "reports").expanduser().resolve()
 
     @property
     def podman_socket_path(self) -> Path:
@@ -264,4 +304,13 @@ def load_settings(**groups: Mapping[str, Any]) -> Settings:
         raise ConfigError(f"invalid settings: {problems}") from None
 
 
-_GROUPS = (PathsSettings, MlflowSettings, GitOpsSettings, GitHubSettings, ImageSettings, ServingSettings)
+_GROUPS = (
+    PathsSettings,
+    MlflowSettings,
+    GitOpsSettings,
+    GitHubSettings,
+    ImageSettings,
+    ServingSettings,
+    MonitoringSettings,
+    AirflowSettings,
+)

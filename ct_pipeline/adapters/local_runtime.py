@@ -401,7 +401,7 @@ class LocalRuntime:
         log = self.logs / f"{model}-gateway-{port}.log"
         env = {
             # prediction log (Parquet by hour, model= partitions) next to the other runtime state
-            "CT_GATEWAY_PREDICTION_LOG_DIR": str(self.dir / "predictions"),
+            "CT_GATEWAY_PREDICTION_LOG_DIR": self.settings.prediction_log_uri,
             **os.environ,
             "CT_GATEWAY_UPSTREAM_URL": upstream,
             "CT_GATEWAY_ADMIN_TOKEN": token,

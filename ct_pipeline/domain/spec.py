@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from ct_pipeline.domain.common import Strict, TaskType
+from ct_pipeline.domain.monitoring import MonitoringSpec, default_monitoring, unknown_features
 from ct_pipeline.errors import SpecError
 from ct_pipeline.families import CandidateSpec, candidate_union
 
@@ -136,6 +137,7 @@ class ModelSpec(Strict):
     metric: MetricSpec
     gate: GateSpec = GateSpec()
     gitops: GitOpsSpec = GitOpsSpec()
+    monitoring: MonitoringSpec = Field(default_factory=default_monitoring)
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
@@ -151,6 +153,14 @@ class ModelSpec(Strict):
             raise ValueError(
                 f"metric.name {self.metric.name!r} is not available for task {self.task}: {sorted(allowed)}"
             )
+        unknown = unknown_features(self.monitoring, self.data.features)
+        if unknown:
+            where, name = unknown[0]
+            raise ValueError(f"{where}: unknown feature {name!r} (the model's features: {self.data.features})")
+        for i, monitor in enumerate(self.monitoring.monitors):
+            metric = getattr(monitor, "metric", None)
+            if metric is not None and metric not in allowed:
+                raise ValueError(f"monitoring.monitors.{i}.metric: {metric!r} is not available for {self.task}")
         return self
 
     @property
@@ -193,10 +203,24 @@ def load_spec(path: str | Path) -> ModelSpec:
         raise SpecError(f"model spec {path} is not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise SpecError(f"model spec {path} must be a mapping, got {type(data).__name__}")
-    spec = parse_spec(data, str(path))
+    monitors = monitors_file(path)
+    if monitors.is_file():
+        if "monitoring" in data:
+            raise SpecError(f"model spec {path}: monitors declared both in its monitoring: section and in {monitors}")
+        try:
+            data = {**data, "monitoring": YAML(typ="safe").load(monitors.read_text()) or {}}
+        except YAMLError as exc:
+            raise SpecError(f"monitors file {monitors} is not valid YAML: {exc}") from None
+    spec = parse_spec(data, str(path) + (f" (+ {monitors})" if monitors.is_file() else ""))
     if path.stem != spec.name:
         raise SpecError(f"model spec {path}: file name must match name {spec.name!r} ({spec.name}.yaml)")
     return spec
+
+
+def monitors_file(spec_path: str | Path) -> Path:
+    """``monitors/<model>.yaml`` beside the models directory: the other home of a model's monitoring section."""
+    spec_path = Path(spec_path)
+    return spec_path.resolve().parent.parent / "monitors" / f"{spec_path.stem}.yaml"
 
 
 def discover_specs(models_dir: str | Path) -> list[Path]:
