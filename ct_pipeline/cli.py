@@ -440,6 +440,97 @@ def predict(
 
 @app.command()
 @handled
+def traffic(
+    model: str,
+    days: Annotated[float, typer.Option(help="replay rows of the last DAYS days of the model's data")] = 1.0,
+    end: Annotated[str | None, typer.Option(help="end of the replayed data (ISO); default: today 00:00 UTC")] = None,
+    rows: Annotated[int, typer.Option(min=1, help="rows to send")] = 2_000,
+    batch: Annotated[int, typer.Option(min=1, max=1000, help="rows per request")] = 20,
+    labels: Annotated[bool, typer.Option(help="also deliver the rows' labels to the monitor's labels source")] = True,
+    url: Annotated[str | None, typer.Option(help="gateway base URL")] = None,
+) -> None:
+    """Demo: replay MODEL's recent data through the gateway (into the prediction log) and deliver the labels."""
+    from datetime import timedelta
+
+    from ct_pipeline.adapters.data_sources import SourceReader, _resolve
+    from ct_pipeline.demo_traffic import send_traffic
+    from ct_pipeline.domain.monitoring import PerformanceMonitor
+
+    settings = _state().settings
+    spec = _spec(settings, model)
+    stop_at = _parse_end(end)
+    labels_dir = None
+    perf = next((m for m in spec.monitoring.monitors if isinstance(m, PerformanceMonitor)), None)
+    if labels and perf is not None and perf.labels.kind == "parquet" and perf.labels.path:
+        labels_dir = _resolve(perf.labels.path, settings.paths.data_root)
+    result = send_traffic(
+        spec,
+        SourceReader(settings.paths.data_root),
+        url or settings.serving.gateway_url,
+        stop_at - timedelta(days=days),
+        stop_at,
+        rows=rows,
+        batch=batch,
+        labels_dir=labels_dir,
+    )
+    console.print(
+        f"sent {result.rows:,} rows in {result.requests:,} requests ({result.errors} failed) to "
+        f"{url or settings.serving.gateway_url}" + (f"; labels in {result.labels_path}" if result.labels_path else "")
+    )
+    if result.errors:
+        raise typer.Exit(1)
+
+
+@app.command("monitor")
+@handled
+def monitor_cmd(
+    model: str,
+    end: Annotated[str | None, typer.Option(help="end of the window (ISO); default: now")] = None,
+    window: Annotated[str | None, typer.Option(help="override the monitoring window, e.g. 6h")] = None,
+    trigger: Annotated[
+        bool, typer.Option(help="on a breach configured to retrain, post the retrain asset event to Airflow")
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
+) -> None:
+    """Judge the served MODEL on its recent predictions: drift, nulls, volume, realized performance; write the
+    report (JSON, HTML, PNG; MLflow), push its metrics, and request retraining on a breach that says so."""
+    from ct_pipeline.domain.records import RunRequest
+    from ct_pipeline.steps import MONITOR_STEPS
+
+    state = _state()
+    spec = _spec(state.settings, model)
+    when = _parse_end(end) if end else datetime.now(UTC)
+    ctx = state.context(spec, RunRequest(end=when, window=window, requested_by=os.environ.get("USER", "cli")))
+    monitor_step, retrain_step = MONITOR_STEPS
+    report = monitor_step.run(ctx)
+    request = retrain_step.run(ctx, report) if trigger and report.retrain_wanted and ctx.retrain else None
+    if as_json:
+        print(json.dumps({"report": report.to_json_dict(), "retrain": request and request.to_json_dict()}, indent=2))
+        return
+    table = Table(title=f"{spec.name} v{report.version}: {report.predictions:,} predictions", show_lines=False)
+    for column in ("monitor", "subject", "status", "detail"):
+        table.add_column(column, overflow="fold")
+    for finding in report.findings:
+        status = "[bold red]BREACH[/]" if finding.breached else ("ok" if finding.judged else "[dim]not judged[/]")
+        table.add_row(finding.monitor, finding.subject, status, finding.detail)
+    console.print(table)
+    path = report.alert_path
+    if path is not None:
+        line = f"pushed to {path.target}" if path.pushed else f"[bold yellow]alert path down[/]: {path.detail}"
+        console.print(f"metrics: {line}")
+    console.print(f"report: {report.artifacts[0]}/report.html (MLflow {report.artifacts[1]})")
+    if report.retrain_reason:
+        if request is None:
+            why = "--no-trigger" if not trigger else "no Airflow API configured (CTPIPE_AIRFLOW_API_URL)"
+            console.print(f"[bold yellow]retraining wanted[/] ({why}): {report.retrain_reason}")
+        elif request.sent:
+            console.print(f"[bold green]retrain requested[/] (asset event {request.event_id}): {request.reason}")
+        else:
+            console.print(f"[yellow]retrain not requested[/]: {request.suppressed}")
+
+
+@app.command()
+@handled
 def stop() -> None:
     """Stop the local serving stack (model servers and gateway)."""
     from ct_pipeline.adapters.local_runtime import stop_all

@@ -7,6 +7,7 @@ else -> the git CLI); the image engine is probed only when the package step firs
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from ct_pipeline.context import StepContext
 from ct_pipeline.domain.records import RunRequest
@@ -64,4 +65,21 @@ def build_context(
         clock=SystemClock(),
         engine_factory=None if image.engine == "none" else (lambda: select_engine(settings)),
         image_registry_factory=lambda: Registry(image.registry, image.registry_insecure),
+        **feedback_ports(settings),
     )
+
+
+def feedback_ports(settings: Settings) -> dict[str, Any]:
+    """The monitor's ports: the prediction log, the labels, the Pushgateway and Airflow (when configured)."""
+    from ct_pipeline.adapters.airflow_api import AirflowAPI
+    from ct_pipeline.adapters.labels import LabelsSourceReader
+    from ct_pipeline.adapters.prediction_log import ParquetPredictionLog
+    from ct_pipeline.adapters.prometheus import Pushgateway
+
+    monitoring = settings.monitoring
+    return {
+        "predictions": ParquetPredictionLog(settings.prediction_log_uri),
+        "labels": LabelsSourceReader(settings.paths.data_root),
+        "metrics": Pushgateway(monitoring.pushgateway_url) if monitoring.pushgateway_url else None,
+        "retrain": AirflowAPI(settings.airflow) if settings.airflow.api_url else None,
+    }

@@ -45,6 +45,15 @@ def production_history_tag(environment: str) -> str:
 # -- MLflow artifact paths on the challenger's run
 GATE_DECISION_ARTIFACT = "gate/decision.json"
 GATE_PLOTS_DIR = "gate/plots"
+# The monitor's reference, logged by the gate on the challenger's run (used once it is the champion).
+MONITOR_REFERENCE_DIR = "monitoring/reference"
+REFERENCE_FEATURES = "features.parquet"  # a sample of the training snapshot's rows (features)
+REFERENCE_SCORES = "scores.parquet"  # the gate's holdout: the model's scores and the labels
+REFERENCE_PROMISE = "promise.json"  # the metric on the holdout with its CI: what the gate promised
+MONITOR_REPORTS_DIR = "monitoring/reports"  # one folder per report: report.json, report.html, report.png
+# -- model-version tags written by the monitor
+MONITOR_LAST_REPORT = "ct.monitor.last_report"
+MONITOR_LAST_STATUS = "ct.monitor.last_status"
 
 # -- OCI image labels
 OCI = "org.opencontainers.image"

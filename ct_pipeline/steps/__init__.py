@@ -3,8 +3,9 @@
 Each step is a plain function ``run(ctx, *inputs) -> Record``: ``ctx`` is the run's
 :class:`~ct_pipeline.context.StepContext`, ``inputs`` are the records of the steps it names. A step with a
 ``halt`` ends the run early when its record says so (the gate's "no" is a normal outcome: "not promoted"), and
-in Airflow that is a short-circuit task whose downstream tasks are skipped. Adding a step (monitor, verify,
-score) is one more entry in :data:`STEPS`.
+in Airflow that is a short-circuit task whose downstream tasks are skipped. Adding a step (verify, score) is
+one more entry in :data:`STEPS`. The feedback loop (monitor -> retrain request) is the second table,
+:data:`MONITOR_STEPS`: the monitor DAG and ``ctpipe monitor`` run it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ct_pipeline.domain.monitor_report import MonitorReport, RetrainRequest
 from ct_pipeline.domain.records import (
     BentoRef,
     GateDecision,
@@ -121,8 +123,40 @@ STEPS: tuple[Step, ...] = (
 STEP_NAMES: tuple[str, ...] = tuple(s.name for s in STEPS)
 
 
+# -- the feedback loop (the monitor DAG, `ctpipe monitor`): judge the served model, then ask for retraining
+
+
+def _monitor(ctx: Any) -> MonitorReport:
+    from ct_pipeline.steps.monitor import monitor
+
+    return monitor(ctx)
+
+
+def _retrain(ctx: Any, report: MonitorReport) -> RetrainRequest:
+    from ct_pipeline.steps.retrain import retrain
+
+    return retrain(ctx, report)
+
+
+def _retrain_summary(r: RetrainRequest, spec: Any) -> str:
+    return f"retrain requested ({r.asset}): {r.reason}" if r.sent else f"retrain not requested: {r.suppressed}"
+
+
+MONITOR_STEPS: tuple[Step, ...] = (
+    Step(
+        "monitor",
+        _monitor,
+        MonitorReport,
+        lambda r, spec: r.summary(),
+        halt=Halt("retrain_wanted", proceed=lambda r: r.retrain_wanted, reason=lambda r: "no breach asks to retrain"),
+    ),
+    Step("retrain", _retrain, RetrainRequest, _retrain_summary, inputs=("monitor",)),
+)
+
+
 def step(name: str) -> Step:
-    for s in STEPS:
+    for s in (*STEPS, *MONITOR_STEPS):
         if s.name == name:
             return s
-    raise KeyError(f"no step {name!r} (steps: {', '.join(STEP_NAMES)})")
+    known = ", ".join(s.name for s in (*STEPS, *MONITOR_STEPS))
+    raise KeyError(f"no step {name!r} (steps: {known})")

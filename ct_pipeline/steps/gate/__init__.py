@@ -10,6 +10,7 @@ from __future__ import annotations
 from ct_pipeline.context import StepContext
 from ct_pipeline.domain import tags
 from ct_pipeline.domain.metrics import metric, scores_from_prediction
+from ct_pipeline.domain.performance import realized_metric
 from ct_pipeline.domain.records import GateCheck, GateDecision, ModelRef, TrainResult
 from ct_pipeline.errors import ConfigError, RegistryError
 from ct_pipeline.steps.gate.checks import CHECKS
@@ -82,6 +83,12 @@ def primary(ctx: StepContext, ev: Evidence) -> tuple[bool, str, GateCheck | None
 
 def evaluate(ctx: StepContext, trained: TrainResult) -> tuple[GateDecision, dict[str, bytes]]:
     """The decision on the best candidate, and its evidence plots (name -> PNG). No side effects but aliases."""
+    decision, plots, _ = judge(ctx, trained)
+    return decision, plots
+
+
+def judge(ctx: StepContext, trained: TrainResult) -> tuple[GateDecision, dict[str, bytes], Evidence]:
+    """:func:`evaluate`, and the evidence it judged."""
     from ct_pipeline.steps.gate.plots import gate_plots
 
     spec, request = ctx.spec, ctx.request
@@ -118,13 +125,24 @@ def evaluate(ctx: StepContext, trained: TrainResult) -> tuple[GateDecision, dict
         force_reason=request.reason if request.force else None,
         extra={"candidates": {c.name: {"version": c.version, **c.metrics} for c in trained.candidates}},
     )
+    promised = realized_metric(
+        spec.metric.name,
+        ev.y,
+        ev.challenger_scores,
+        confidence=spec.gate.confidence,
+        resamples=spec.gate.bootstrap_resamples,
+        seed=spec.gate.seed,
+    )
+    decision.extra["promise"] = promised.to_dict()
     plots = gate_plots(spec, decision, ev.y, ev.challenger_scores, ev.champion_scores)
     decision = decision.model_copy(update={"plots": [f"{tags.GATE_PLOTS_DIR}/{name}" for name in plots]})
-    return decision, plots
+    return decision, plots, ev
 
 
-def record_decision(ctx: StepContext, decision: GateDecision, plots: dict[str, bytes]) -> None:
-    """Tags on the challenger version + the full record (and its plots) as artifacts of its run."""
+def record_decision(
+    ctx: StepContext, decision: GateDecision, plots: dict[str, bytes], reference: dict[str, bytes] | None = None
+) -> None:
+    """Tags on the challenger version + the full record (its plots, the monitor's reference) on its run."""
     version_tags = {
         tags.GATE_DECISION: "promote" if decision.promote else "not_promoted",
         tags.GATE_REASON: decision.reason[:4000],
@@ -139,9 +157,24 @@ def record_decision(ctx: StepContext, decision: GateDecision, plots: dict[str, b
     ctx.tracker.log_dict(decision.challenger.run_id, decision.to_json_dict(), tags.GATE_DECISION_ARTIFACT)
     if plots:
         ctx.tracker.log_files(decision.challenger.run_id, plots, tags.GATE_PLOTS_DIR)
+    if reference:
+        ctx.tracker.log_files(decision.challenger.run_id, reference, tags.MONITOR_REFERENCE_DIR)
+
+
+def monitoring_reference(
+    ctx: StepContext, trained: TrainResult, decision: GateDecision, ev: Evidence
+) -> dict[str, bytes]:
+    """What the monitor will compare the served traffic with once this challenger is the champion: the
+    training snapshot's features, its scores and the labels on the gate's holdout, and the metric promised."""
+    from ct_pipeline.steps.monitor.reference import reference_files
+    from ct_pipeline.steps.pull import load_snapshot
+
+    snapshot = load_snapshot(trained.snapshot)
+    promise = decision.extra.get("promise", {})
+    return reference_files(ctx.spec, snapshot, ev.y, ev.challenger_scores, promise, seed=ctx.spec.gate.seed)
 
 
 def gate(ctx: StepContext, trained: TrainResult) -> GateDecision:
-    decision, plots = evaluate(ctx, trained)
-    record_decision(ctx, decision, plots)
+    decision, plots, ev = judge(ctx, trained)
+    record_decision(ctx, decision, plots, monitoring_reference(ctx, trained, decision, ev))
     return decision
