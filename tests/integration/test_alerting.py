@@ -26,11 +26,12 @@ from ct_pipeline.domain.alert_rules import alert_rules_yaml
 from ct_pipeline.domain.monitor_report import M_BREACH, M_DRIFT, M_DRIFT_THRESHOLD, M_LAST_REPORT
 from ct_pipeline.errors import AlertPathDown, MonitoringError
 from ct_pipeline.settings import Settings
-from tests.support.factories import free_tcp_port
+from tests.support.factories import free_tcp_port, make_spec
 from tests.unit.test_alert_rules import every_kind_spec, fraud_spec
 
 WAIT = 60.0  # bound on every wait for the alert path (scrape + evaluation at 1 s, group_wait 1 s)
 CONTROL = "control-model"
+SLO_MODEL = "slo-model"
 
 
 def wait_for(what: str, probe: Callable[[], Any], timeout: float = WAIT, interval: float = 0.25) -> Any:
@@ -112,14 +113,65 @@ def webhook() -> Iterator[_Webhook]:
     hook.close()
 
 
+class _GatewayMetrics:
+    """The real gateway's /metrics (its own prometheus registry); every scrape first records 5 requests answered
+    503 and 5 answered 200, all taking 0.2 s: a 50% error rate and a p99 near 0.25 s."""
+
+    def __init__(self) -> None:
+        from gateway.core import Gateway
+        from gateway.settings import GatewaySettings
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        gateway = Gateway(GatewaySettings(upstream_url="http://127.0.0.1:9"))
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                for status in (503, 200) * 5:
+                    gateway.observe("/predict", "POST", status, 0.2)
+                body = generate_latest(gateway.registry)
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.target = f"127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def slo_spec():
+    # for: 0s so the test need not wait 5 minutes; the expressions are the ones every spec gets
+    slo = {"name": "serving-slo", "kind": "slo", "error_rate": 0.01, "latency_p99_ms": 50, "for": "0s"}
+    return make_spec(SLO_MODEL, monitoring={"monitors": [slo]})
+
+
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, webhook) -> Iterator[tuple[LocalMonitoringStack, MonitoringEndpoints]]:
+def gateway_metrics() -> Iterator[_GatewayMetrics]:
+    server = _GatewayMetrics()
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, webhook, gateway_metrics) -> Iterator[tuple[LocalMonitoringStack, MonitoringEndpoints]]:
     settings = Settings().replace(paths={"home": tmp_path_factory.mktemp("ctpipe-alerting")})
     local = LocalMonitoringStack(
         settings, scrape_interval="1s", evaluation_interval="1s", group_wait="1s", group_interval="1s"
     )
     try:
-        endpoints = local.up([fraud_spec(), every_kind_spec(CONTROL)], webhook_url=webhook.url)
+        endpoints = local.up(
+            [fraud_spec(), every_kind_spec(CONTROL), slo_spec()],
+            {SLO_MODEL: [gateway_metrics.target]},
+            webhook_url=webhook.url,
+        )
         yield local, endpoints
     finally:
         local.down()
@@ -165,7 +217,7 @@ def test_stack_is_up_with_the_generated_rules(stack):
     assert all(c["url"].startswith("http://127.0.0.1:") for c in status.values())
     prometheus = PrometheusAPI(endpoints.prometheus_url)
     groups = {g["name"]: g for g in prometheus.rules()}
-    assert set(groups) == {"ct-fraud-detector", f"ct-{CONTROL}"}
+    assert set(groups) == {"ct-fraud-detector", f"ct-{CONTROL}", f"ct-{SLO_MODEL}"}
     assert len(groups["ct-fraud-detector"]["rules"]) == 11
     assert AlertmanagerAPI(endpoints.alertmanager_url).ready()
     assert Pushgateway(endpoints.pushgateway_url).target == endpoints.pushgateway_url
@@ -272,6 +324,24 @@ def _evaluated_after(api: PrometheusAPI, model: str, after: float) -> bool:
     return False
 
 
+def test_slo_rules_fire_on_the_scraped_gateway_metrics(stack, gateway_metrics):
+    """The SLO expressions on what the real gateway class exposes, scraped with the target's model label."""
+    _, endpoints = stack
+    prometheus = PrometheusAPI(endpoints.prometheus_url)
+    (target,) = [t for t in prometheus.targets() if t["labels"].get("model") == SLO_MODEL]
+    assert target["labels"]["job"] == "ct-gateway"
+    assert target["scrapeUrl"] == f"http://{gateway_metrics.target}/metrics"
+    error = wait_for("CtSloErrorRate to fire", lambda: _prom_alerts(prometheus, SLO_MODEL, "CtSloErrorRate", "firing"))
+    assert float(error[0]["value"]) == pytest.approx(0.5)
+    assert error[0]["annotations"]["reason"] == "gateway 5xx rate 50% above the SLO of 1.00%"
+    latency = wait_for(
+        "CtSloLatencyP99 to fire", lambda: _prom_alerts(prometheus, SLO_MODEL, "CtSloLatencyP99", "firing")
+    )
+    assert 0.1 < float(latency[0]["value"]) <= 0.25  # p99 inside the (0.1, 0.25] bucket the 0.2 s requests fill
+    assert latency[0]["labels"]["monitor"] == "serving-slo"
+    assert latency[0]["labels"]["ct_action"] == "alert"
+
+
 def test_posted_alert_reaches_the_webhook(stack, webhook):
     """The DAG failure callback's way in: POST /api/v2/alerts, routed like any other alert."""
     _, endpoints = stack
@@ -297,14 +367,15 @@ def test_posted_alert_reaches_the_webhook(stack, webhook):
     assert hooked[0]["annotations"]["reason"] == "task train failed: boom"
 
 
-def test_reload_picks_up_new_rules(stack):
+def test_reload_picks_up_new_rules(stack, gateway_metrics):
     local, endpoints = stack
     prometheus = PrometheusAPI(endpoints.prometheus_url)
-    local.reload([fraud_spec(), every_kind_spec(CONTROL), every_kind_spec("added-model")])
+    local.reload([fraud_spec(), every_kind_spec(CONTROL), slo_spec(), every_kind_spec("added-model")])
     names = wait_for("the added rule group", lambda: {g["name"] for g in prometheus.rules()} >= {"ct-added-model"})
     assert names
     # up() on a running stack reloads too and keeps the same endpoints
-    assert local.up([fraud_spec(), every_kind_spec(CONTROL)], webhook_url=None) == endpoints
+    specs = [fraud_spec(), every_kind_spec(CONTROL), slo_spec()]
+    assert local.up(specs, {SLO_MODEL: [gateway_metrics.target]}, webhook_url=None) == endpoints
     wait_for("the removed rule group to go", lambda: "ct-added-model" not in {g["name"] for g in prometheus.rules()})
 
 
