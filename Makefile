@@ -9,13 +9,14 @@ export AIRFLOW_HOME ?= $(CTPIPE_HOME)/airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: help venv containers demo test test-unit lint typecheck stop clean bench-gate bench
+.PHONY: help venv containers monitoring demo test test-unit lint typecheck stop clean bench-gate bench
 
 help:
 	@echo "make demo   - set up and run the whole continuous-training loop locally"
 	@echo "make test   - set up and run the tests"
 	@echo "make test-unit - the unit tests only (tests/unit: no processes, servers, stores, git or network)"
 	@echo "make stop   - stop the local serving stack started by the demo"
+	@echo "make monitoring - install prometheus, alertmanager, pushgateway (Debian packages; demo/test do it)"
 	@echo "make containers - podman + base image + local registry for the model-service images (demo/test do it)"
 	@echo "make lint   - ruff check + ruff format --check over the whole tree"
 	@echo "make typecheck - mypy on ct_pipeline (make test runs it first)"
@@ -39,13 +40,18 @@ $(STAMP): pyproject.toml
 containers:
 	@bash scripts/containers-setup.sh >/dev/null || echo "make: no container engine here (reason above): Bentos only, no images"
 
-demo: venv containers
+# Prometheus (+ promtool), Alertmanager, Pushgateway from Debian (scripts/monitoring-setup.sh; ~10 s once, then
+# instant; silent on success). The local alerting stack runs them on 127.0.0.1 (ct_pipeline/adapters/local_monitoring.py).
+monitoring:
+	@bash scripts/monitoring-setup.sh
+
+demo: venv containers monitoring
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash scripts/demo.sh
 
 stop: venv
 	$(BIN)/ctpipe stop
 
-test: venv containers typecheck
+test: venv containers monitoring typecheck
 	$(BIN)/pytest -q -p no:cacheprovider --durations=15
 
 bench-gate: venv
