@@ -401,6 +401,10 @@ def make_context(
     tracker: InMemoryTracker | None = None,
     image_engine: Any = None,
     image_registry: Any = None,
+    predictions: Any = None,
+    labels: Any = None,
+    metrics: Any = None,
+    retrain: Any = None,
 ) -> StepContext:
     """A StepContext on the fakes (state under ``home``, or the given ``settings``); pass the same publisher /
     tracker to chain runs, ``data`` (e.g. the real SourceReader) or ``frame`` for the window's rows."""
@@ -420,6 +424,10 @@ def make_context(
         clock=FixedClock(),
         engine_factory=(lambda: image_engine) if image_engine is not None else None,
         image_registry_factory=(lambda: image_registry) if image_registry is not None else None,
+        predictions=predictions,
+        labels=labels,
+        metrics=metrics,
+        retrain=retrain,
     )
 
 
@@ -427,3 +435,84 @@ def _empty_frame(spec: ModelSpec) -> pd.DataFrame:
     import pandas as pd
 
     return pd.DataFrame(columns=[spec.data.time_column, *spec.data.features, spec.data.target])
+
+
+# -- the feedback half
+
+
+class TablePredictionLog:
+    """:class:`~ct_pipeline.ports.PredictionLogReader` over an in-memory frame with the log's flattened columns
+    (``ts``, ``request_id``, ``row``, ``version``, ``prediction`` and one column per feature)."""
+
+    def __init__(self, frame: pd.DataFrame, model: str | None = None) -> None:
+        self.frame, self.model = frame, model
+
+    @property
+    def location(self) -> str:
+        return "memory://predictions"
+
+    def scan(
+        self, model: str, start: datetime, end: datetime, features: Any, batch_size: int = 65_536
+    ) -> Iterator[Any]:
+        import pandas as pd
+        import pyarrow as pa
+
+        if self.model is not None and model != self.model:
+            return
+        ts = pd.to_datetime(self.frame["ts"], utc=True)
+        window = self.frame[(ts >= pd.Timestamp(start)) & (ts < pd.Timestamp(end))]
+        columns = ["ts", "request_id", "row", "version", "prediction", *features]
+        table = pa.Table.from_pandas(window[columns], preserve_index=False)
+        yield from table.to_batches(max_chunksize=batch_size)
+
+
+class FrameLabels:
+    """:class:`~ct_pipeline.ports.LabelsReader` over one frame of labels."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
+
+    def read(self, source: Any, start: datetime, end: datetime) -> pd.DataFrame:
+        missing = [c for c in (source.key, source.label) if c not in self.frame]
+        if missing:
+            raise DataError(f"labels source memory://labels has no column(s) {missing}")
+        return self.frame.copy()
+
+
+class RecordingPusher:
+    """:class:`~ct_pipeline.ports.MetricsPusher` that keeps what was pushed; ``down=True`` fails like a dead URL."""
+
+    def __init__(self, target: str = "memory://pushgateway", down: bool = False) -> None:
+        self._target, self.down = target, down
+        self.pushed: list[tuple[str, Any]] = []
+
+    @property
+    def target(self) -> str | None:
+        return self._target
+
+    def push(self, model: str, registry: Any) -> None:
+        from ct_pipeline.errors import AlertPathDown
+
+        if self.down:
+            raise AlertPathDown(f"Pushgateway at {self._target} is unreachable: connection refused")
+        self.pushed.append((model, registry))
+
+
+class RecordingTrigger:
+    """:class:`~ct_pipeline.ports.RetrainTrigger` keeping its asset events in memory."""
+
+    def __init__(self, clock: Any = None) -> None:
+        self.events: list[tuple[str, dict[str, Any], datetime]] = []
+        self.clock = clock or FixedClock()
+
+    @property
+    def target(self) -> str | None:
+        return "memory://airflow"
+
+    def last_event(self, asset_uri: str) -> datetime | None:
+        times = [at for uri, _, at in self.events if uri == asset_uri]
+        return max(times) if times else None
+
+    def post_event(self, asset_uri: str, extra: Mapping[str, Any]) -> int:
+        self.events.append((asset_uri, dict(extra), self.clock.now()))
+        return len(self.events)

@@ -27,6 +27,7 @@ from ct_pipeline.domain.monitor_report import (
     M_BREACH,
     M_DRIFT,
     M_DRIFT_THRESHOLD,
+    M_FINDING,
     M_LAST_PROMOTION,
     M_LAST_REPORT,
     M_NULL_RATE,
@@ -137,9 +138,20 @@ def _labels(model: str, monitor: Monitor) -> dict[str, str]:
     return {"model": model, "monitor": monitor.name, "severity": monitor.severity, "ct_action": monitor.on_breach}
 
 
+def _report_words(fallback: str) -> str:
+    """The monitor report's own line for this breach (its finding_info series), else ``fallback``."""
+    return (
+        f'{{{{ with printf `{M_FINDING}{{model="%s",monitor="%s",subject="%s"}}` '
+        f"$labels.model $labels.monitor $labels.subject | query }}}}"
+        f'{{{{ . | first | label "detail" }}}}{{{{ else }}}}{fallback}{{{{ end }}}}'
+    )
+
+
 def _rule(
     alert: str, expr: str, for_: str, labels: dict[str, str], summary: str, description: str, reason: str
 ) -> dict[str, Any]:
+    if expr.startswith(M_BREACH + "{"):
+        reason = _report_words(reason)
     return {
         "alert": alert,
         "expr": expr,

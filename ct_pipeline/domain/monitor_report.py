@@ -18,6 +18,7 @@ METRIC_PREFIX = "ct_monitor"
 M_DRIFT = f"{METRIC_PREFIX}_drift_statistic"  # {model, monitor, feature, statistic}
 M_DRIFT_THRESHOLD = f"{METRIC_PREFIX}_drift_threshold"  # {model, monitor, feature, statistic}
 M_BREACH = f"{METRIC_PREFIX}_breach"  # {model, monitor, kind, subject, action, severity}: 1 breached, 0 not
+M_FINDING = f"{METRIC_PREFIX}_finding_info"  # {model, monitor, subject, detail}: 1 per breach, the report's words
 M_NULL_RATE = f"{METRIC_PREFIX}_null_rate"  # {model, feature}
 M_PREDICTIONS = f"{METRIC_PREFIX}_window_predictions"  # {model}: rows in the judged window
 M_VOLUME_PER_HOUR = f"{METRIC_PREFIX}_predictions_per_hour"  # {model}: mean over the window

@@ -41,19 +41,18 @@ def report_registry(report: MonitorReport, last_promotion: datetime | None = Non
     breach = gauge(
         m.M_BREACH,
         "1 when a monitor's subject is breached, 0 when it holds",
-        ["monitor", "kind", "subject", "action", "severity", "reason"],
+        ["monitor", "kind", "subject", "action", "severity"],
     )
+    # The breach series keep a stable identity (no numbers in labels); the words go in a separate info series
+    # the alert rules read into their reason annotation, so an alert says what the report says.
+    words = gauge(m.M_FINDING, "The report's line for each breach", ["monitor", "subject", "detail"])
     for finding in report.findings:
         if finding.judged:
-            breach.labels(
-                model,
-                finding.monitor,
-                finding.kind,
-                finding.subject,
-                finding.action,
-                finding.severity,
-                finding.detail[:300],
-            ).set(1 if finding.breached else 0)
+            breach.labels(model, finding.monitor, finding.kind, finding.subject, finding.action, finding.severity).set(
+                1 if finding.breached else 0
+            )
+        if finding.breached:
+            words.labels(model, finding.monitor, finding.subject, finding.detail[:500]).set(1)
     perf = report.performance
     if perf is not None and perf.judged:
         realized = gauge(m.M_REALIZED, "Realized metric on matured labels", ["metric", "bound"])

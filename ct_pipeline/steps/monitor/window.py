@@ -94,7 +94,9 @@ def scan_window(
             continue
         stats.rows += batch.num_rows
         stats.requests += int(pc.sum(pc.equal(batch.column("row"), 0)).as_py() or 0)  # row 0 once per request
-        ts = pc.cast(batch.column("ts"), pa.int64()).to_numpy(zero_copy_only=False)
+        ts = pc.cast(pc.cast(batch.column("ts"), pa.timestamp("us", tz="UTC"), safe=False), pa.int64()).to_numpy(
+            zero_copy_only=False
+        )
         hour = np.clip((ts - start_us) // 3_600_000_000, 0, hours - 1)
         stats.per_hour += np.bincount(hour, minlength=hours)
         for name, acc in stats.features.items():
