@@ -6,9 +6,9 @@ The committed copy is ``charts/ct-serving/dashboards/ct-model.json``; the chart 
 ``grafana_dashboard: "1"`` (the Grafana sidecar's convention). One dashboard serves every model: a ``model``
 variable (``label_values(ct_monitor_window_predictions, model)``) selects it.
 
-The gateway's request metrics carry no model label (one gateway serves one model); they are attributed to a model
-by joining on the scrape target with ``ct_gateway_model_info{model}``, so the panels work wherever Prometheus
-scrapes the gateway from (a ServiceMonitor in Kubernetes, a static target locally).
+The gateway's series are selected by ``model`` like the monitor's: Prometheus puts the model on every series it
+scrapes from a gateway (the chart's ServiceMonitor relabels it on, with ``job="ct-gateway"``; the local stack sets
+it as a target label), which is also what the generated SLO alert rules select on.
 """
 
 from __future__ import annotations
@@ -34,11 +34,10 @@ from ct_pipeline.domain.monitor_report import (
 __all__ = [
     "DASHBOARD_PATH",
     "GATEWAY_LATENCY_BUCKET",
-    "GATEWAY_MODEL_INFO",
+    "GATEWAY_METRICS",
     "GATEWAY_REQUESTS",
     "GATEWAY_ROWS",
     "MONITOR_METRICS",
-    "gateway_join",
     "render_dashboard",
     "grafana_dashboard",
     "write_dashboard",
@@ -48,8 +47,7 @@ __all__ = [
 GATEWAY_REQUESTS = "ct_gateway_requests_total"  # {endpoint, method, status}
 GATEWAY_LATENCY_BUCKET = "ct_gateway_request_duration_seconds_bucket"  # {endpoint, method, status, le}
 GATEWAY_ROWS = "ct_gateway_predicted_rows_total"  # {model, version}
-GATEWAY_MODEL_INFO = "ct_gateway_model_info"  # {model, version, run_id, upstream}: 1
-GATEWAY_METRICS = (GATEWAY_REQUESTS, GATEWAY_LATENCY_BUCKET, GATEWAY_ROWS, GATEWAY_MODEL_INFO)
+GATEWAY_METRICS = (GATEWAY_REQUESTS, GATEWAY_LATENCY_BUCKET, GATEWAY_ROWS)
 MONITOR_METRICS = (
     M_DRIFT,
     M_DRIFT_THRESHOLD,
@@ -66,16 +64,9 @@ MONITOR_METRICS = (
 )
 DASHBOARD_PATH = "charts/ct-serving/dashboards/ct-model.json"
 UID = "ct-pipeline-model"
-PREDICT = 'endpoint="/predict"'
+PREDICT = 'endpoint="/predict"'  # the gateway's own endpoints (/metrics, /readyz...) are not the SLO's
 _DS = {"type": "prometheus", "uid": "${datasource}"}
 _M = 'model="$model"'
-
-
-def gateway_join(expr: str, model: str = "$model") -> str:
-    """``expr`` (gateway series, per scrape target) labelled with the model that target serves."""
-    return (
-        f'{expr} * on (instance) group_left (model) max by (instance, model) ({GATEWAY_MODEL_INFO}{{model="{model}"}})'
-    )
 
 
 def _target(expr: str, legend: str, ref: str) -> dict[str, Any]:
@@ -123,9 +114,9 @@ def _row(pid: int, title: str, y: int) -> dict[str, Any]:
 def grafana_dashboard(title: str = "ct-pipeline model") -> dict[str, Any]:
     """The dashboard JSON (Grafana schemaVersion 39) for every model the monitor reports on."""
     rate = "[$__rate_interval]"
-    requests = gateway_join(f"rate({GATEWAY_REQUESTS}{{{PREDICT}}}{rate})")
-    errors = gateway_join(f'rate({GATEWAY_REQUESTS}{{{PREDICT},status=~"5.."}}{rate})')
-    latency = gateway_join(f"rate({GATEWAY_LATENCY_BUCKET}{{{PREDICT}}}{rate})")
+    requests = f"rate({GATEWAY_REQUESTS}{{{_M},{PREDICT}}}{rate})"
+    errors = f'rate({GATEWAY_REQUESTS}{{{_M},{PREDICT},status=~"5.."}}{rate})'
+    latency = f"rate({GATEWAY_LATENCY_BUCKET}{{{_M},{PREDICT}}}{rate})"
     panels = [
         _row(1, "Model", 0),
         _panel(

@@ -17,7 +17,6 @@ from ct_pipeline.domain.dashboard import (
     DASHBOARD_PATH,
     GATEWAY_METRICS,
     MONITOR_METRICS,
-    gateway_join,
     grafana_dashboard,
     render_dashboard,
 )
@@ -51,14 +50,12 @@ def test_gateway_metric_names_and_labels_are_the_gateways():
     gw = Gateway(GatewaySettings(upstream_url="http://model:3000"))
     gw.observe("/predict", "POST", 200, 0.01)
     gw.rows.labels("fraud", "3").inc()
-    gw.model_info.labels("fraud", "3", "r", "http://model:3000").set(1)
     text = generate_latest(gw.registry).decode()
     assert 'ct_gateway_requests_total{endpoint="/predict",method="POST",status="200"} 1.0' in text
     assert (
         'ct_gateway_request_duration_seconds_bucket{endpoint="/predict",le="0.01",method="POST",status="200"}' in text
     )
     assert 'ct_gateway_predicted_rows_total{model="fraud",version="3"} 1.0' in text
-    assert 'ct_gateway_model_info{model="fraud",run_id="r",upstream="http://model:3000",version="3"} 1.0' in text
     exported = set(re.findall(r"^(ct_gateway_[a-z_]+)(?:\{| )", text, re.M))
     assert set(GATEWAY_METRICS) <= exported
 
@@ -94,10 +91,4 @@ def test_dashboard_structure():
     p99 = next(p for p in d["panels"] if p["title"] == "p99 latency")["targets"][0]["expr"]
     assert (
         p99.startswith("histogram_quantile(0.99, sum by (le) (") and "ct_gateway_request_duration_seconds_bucket" in p99
-    )
-
-
-def test_gateway_join_attributes_a_target_to_its_model():
-    assert gateway_join("rate(x[5m])", "fraud") == (
-        'rate(x[5m]) * on (instance) group_left (model) max by (instance, model) (ct_gateway_model_info{model="fraud"})'
     )
