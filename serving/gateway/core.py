@@ -128,9 +128,10 @@ class Gateway:
             "ct_gateway_prediction_log_rows", "Prediction-log rows by outcome", ["outcome"], registry=r
         )
         self.predlog: PredictionLog | None = None
-        if settings.prediction_log_dir:
+        if settings.prediction_log_location:
             self.predlog = PredictionLog(
-                settings.prediction_log_dir,
+                settings.prediction_log_location,
+                writer=settings.prediction_log_writer,
                 flush_interval=settings.prediction_log_flush_interval,
                 flush_rows=settings.prediction_log_flush_rows,
                 max_pending_rows=settings.prediction_log_max_pending_rows,

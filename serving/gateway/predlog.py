@@ -5,15 +5,23 @@ task flushes the buffer every ``flush_interval`` seconds (or as soon as ``flush_
 the rows are turned into Arrow columns and written in a worker thread. Memory is bounded: beyond
 ``max_pending_rows`` buffered rows new records are dropped and counted, never queued without limit.
 
+Where: a local directory (a path or ``file://...``) or an object store URL such as ``s3://bucket/prefix``
+(pyarrow's filesystem layer; for S3 the endpoint comes from ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` and the
+region from ``AWS_REGION``/``AWS_DEFAULT_REGION``, credentials from the standard AWS chain: environment variables,
+config files, web identity; options given in the URL's query string, e.g. ``?endpoint_override=...``, win).
 Layout, one row per predicted row::
 
-    <dir>/model=<model>/date=YYYY-MM-DD/hour=HH/v<version>-<HHMMSS>-<pid>-<n>.parquet
+    <root>/model=<model>/date=YYYY-MM-DD/hour=HH/v<version>-<HHMMSS>-<writer>-<pid>-<n>.parquet
 
-A file is written as row groups (one per flush) and closed when its hour ends, after ``roll_seconds``, on a
-model version change or at shutdown; it is written as ``*.parquet.tmp`` and renamed on close, so readers
-only ever see complete files. Columns: ``ts`` (UTC), ``request_id``, ``row`` (index in the request),
-``model``, ``version``, ``run_id``, ``data_hash``, ``image_digest``, ``prediction`` and ``features`` (a struct
-with one field per model feature).
+``writer`` names the process (the pod name in Kubernetes, else the host name), so replicas writing to one
+volume or bucket never collide. A file is written as row groups (one per flush) and closed when its hour ends,
+after ``roll_seconds``, on a model version change or at shutdown. Readers only ever see complete files: locally a
+part is written as ``*.parquet.tmp`` and renamed on close; on an object store (no rename) it is spooled to a
+local temporary file and uploaded as the final object once, when closed (an upload that fails is retried at the
+next flush; its rows count as written once uploaded, as dropped when given up).
+
+Columns: ``ts`` (UTC), ``request_id``, ``row`` (index in the request), ``model``, ``version``, ``run_id``,
+``data_hash``, ``image_digest``, ``prediction`` and ``features`` (a struct with one field per model feature).
 """
 
 from __future__ import annotations
@@ -22,12 +30,15 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 logger = logging.getLogger("ct_gateway.predlog")
 
@@ -45,11 +56,20 @@ class Lineage:
 
 @dataclass
 class _Part:
-    path: Path
+    path: str  # the final name: a local path, or the object's path on ``fs``
+    local: str  # where the writer writes: path + ".tmp", or the local spool file of an object-store part
     writer: Any  # pyarrow.parquet.ParquetWriter
     opened: float
     hour: str
     rows: int = 0
+
+
+@dataclass
+class _Upload:
+    local: str
+    path: str
+    rows: int
+    attempts: int = 0
 
 
 _ARROW_TYPES = {
@@ -72,10 +92,59 @@ def _safe(value: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in value)[:100] or "unknown"
 
 
+def _s3_endpoint(options: dict[str, Any]) -> None:
+    """endpoint_override/scheme from AWS_ENDPOINT_URL[_S3] and region from AWS_REGION, unless given already."""
+    endpoint = (
+        options.get("endpoint_override") or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    )
+    if endpoint:
+        if "://" in endpoint:
+            scheme, _, endpoint = endpoint.partition("://")
+            options.setdefault("scheme", scheme)
+        options["endpoint_override"] = endpoint.rstrip("/")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        options.setdefault("region", region)
+
+
+def open_filesystem(uri: str | Path) -> tuple[Any, str]:
+    """``(filesystem, root)`` for a prediction-log location; filesystem is None for a local directory.
+
+    ``s3://bucket/prefix`` gets an S3FileSystem configured from the standard AWS variables (endpoint, region;
+    credentials through the AWS SDK's chain); any other URL goes to ``pyarrow.fs.FileSystem.from_uri``.
+    """
+    text = str(uri)
+    if "://" not in text:
+        return None, str(Path(text))
+    parts = urlsplit(text)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        return None, str(Path(parts.path))
+    import pyarrow.fs as pafs
+
+    if scheme == "s3":
+        if not parts.netloc:
+            raise ValueError(f"prediction log URI {text!r} names no bucket (s3://bucket/prefix)")
+        options: dict[str, Any] = dict(parse_qsl(parts.query))
+        _s3_endpoint(options)
+        if "region" not in options and "endpoint_override" not in options:
+            with contextlib.suppress(Exception):  # real AWS: the bucket's region (network; once, at start)
+                options["region"] = pafs.resolve_s3_region(parts.netloc)
+        return pafs.S3FileSystem(**options), f"{parts.netloc}{parts.path}".rstrip("/")
+    fs, root = pafs.FileSystem.from_uri(text)
+    return fs, root.rstrip("/")
+
+
+def writer_id() -> str:
+    """Names this process's files when no writer is given: the host name (in Kubernetes the pod name, which the
+    chart also passes explicitly as CT_GATEWAY_PREDICTION_LOG_WRITER)."""
+    return _safe(socket.gethostname() or "gateway")[:63]
+
+
 class PredictionLog:
     def __init__(
         self,
-        directory: str | Path,
+        uri: str | Path,
         *,
         flush_interval: float = 2.0,
         flush_rows: int = 5_000,
@@ -83,8 +152,16 @@ class PredictionLog:
         roll_seconds: float = 300.0,
         on_written: Callable[[int], None] | None = None,
         on_dropped: Callable[[int], None] | None = None,
+        writer: str | None = None,
+        spool_dir: str | Path | None = None,
+        max_upload_attempts: int = 10,
     ) -> None:
-        self.directory = Path(directory)
+        self.uri = str(uri)
+        self.fs, self.root = open_filesystem(uri)  # fs None: a local directory (tmp + rename)
+        self.directory = Path(self.root) if self.fs is None else None  # the local directory, if local
+        self.writer = _safe(writer)[:63] if writer else writer_id()
+        self.spool_dir = Path(spool_dir) if spool_dir else Path(tempfile.gettempdir()) / "ct-gateway-predlog"
+        self.max_upload_attempts = max_upload_attempts
         self.flush_interval = flush_interval
         self.flush_rows = flush_rows
         self.max_pending_rows = max_pending_rows
@@ -98,6 +175,7 @@ class PredictionLog:
         self._closing = False
         self._task: asyncio.Task | None = None
         self._parts: dict[tuple[Lineage, str], _Part] = {}
+        self._uploads: list[_Upload] = []  # object-store parts closed but not uploaded yet (retried)
         self._seq = 0
         self.written_rows = 0
         self.dropped_rows = 0
@@ -130,7 +208,10 @@ class PredictionLog:
         """Start the background flusher (imports pyarrow now rather than on the first flush)."""
         import pyarrow.parquet  # noqa: F401
 
-        self.directory.mkdir(parents=True, exist_ok=True)
+        if self.fs is None:
+            Path(self.root).mkdir(parents=True, exist_ok=True)
+        else:
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
         if self._task is None:
             self._closing = False
             self._task = asyncio.get_running_loop().create_task(self._run(), name="prediction-log")
@@ -149,11 +230,11 @@ class PredictionLog:
 
     async def _flush(self, close_all: bool) -> None:
         batch, self._pending, self._pending_rows = self._pending, [], 0
-        if not batch and not close_all and not self._parts:
+        if not batch and not close_all and not self._parts and not self._uploads:
             return
         work = asyncio.ensure_future(asyncio.to_thread(self._write, batch, close_all))
         try:
-            written = await asyncio.shield(work)
+            written, dropped = await asyncio.shield(work)
         except asyncio.CancelledError:
             # a cancelled caller must not release the lock while the thread still writes
             await asyncio.wait([work])
@@ -169,6 +250,10 @@ class PredictionLog:
         self.written_rows += written
         if written and self.on_written is not None:
             self.on_written(written)
+        if dropped:
+            self.dropped_rows += dropped
+            if self.on_dropped is not None:
+                self.on_dropped(dropped)
 
     async def close(self, timeout: float = 30.0) -> None:
         """Write what is buffered and close every file (bounded by ``timeout``)."""
@@ -185,7 +270,9 @@ class PredictionLog:
 
     # -- worker thread ------------------------------------------------------------------------------------
 
-    def _write(self, batch: list[tuple[float, str, Lineage, list, list]], close_all: bool) -> int:
+    def _write(self, batch: list[tuple[float, str, Lineage, list, list]], close_all: bool) -> tuple[int, int]:
+        """Append ``batch`` to the open parts, close the parts that are done; (rows written, rows given up).
+        Locally rows count as written once in the part; on an object store once their part is uploaded."""
         import pyarrow as pa
 
         groups: dict[tuple[Lineage, str], list[tuple[float, str, Lineage, list, list]]] = {}
@@ -237,24 +324,64 @@ class PredictionLog:
         for key, part in list(self._parts.items()):
             if close_all or part.hour != current_hour or now - part.opened >= self.roll_seconds:
                 self._close_part(key)
-        return written
+        if self.fs is None:
+            return written, 0
+        return self._upload_pending()
 
     def _open_part(self, lineage: Lineage, hour: str, schema: Any) -> _Part:
         import pyarrow.parquet as pq
 
         date, hh = hour.split("/")
-        folder = self.directory / f"model={_safe(lineage.model)}" / f"date={date}" / f"hour={hh}"
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = f"{self.root}/model={_safe(lineage.model)}/date={date}/hour={hh}"
         self._seq += 1
-        name = f"v{_safe(lineage.version)}-{datetime.now(UTC):%H%M%S}-{os.getpid()}-{self._seq}.parquet"
-        path = folder / name
-        writer = pq.ParquetWriter(str(path) + ".tmp", schema, compression="zstd")
-        part = _Part(path=path, writer=writer, opened=time.monotonic(), hour=hour)
+        name = f"v{_safe(lineage.version)}-{datetime.now(UTC):%H%M%S}-{self.writer}-{os.getpid()}-{self._seq}.parquet"
+        path = f"{folder}/{name}"
+        if self.fs is None:
+            Path(folder).mkdir(parents=True, exist_ok=True)
+            local = path + ".tmp"
+        else:  # no rename on an object store: spool locally, upload the finished file once
+            self.spool_dir.mkdir(parents=True, exist_ok=True)
+            local = str(self.spool_dir / name)
+        writer = pq.ParquetWriter(local, schema, compression="zstd")
+        part = _Part(path=path, local=local, writer=writer, opened=time.monotonic(), hour=hour)
         self._parts[(lineage, hour)] = part
         return part
 
     def _close_part(self, key: tuple[Lineage, str]) -> None:
         part = self._parts.pop(key)
         part.writer.close()
-        os.replace(str(part.path) + ".tmp", part.path)
+        if self.fs is None:
+            os.replace(part.local, part.path)
+            self.files_closed += 1
+        else:
+            self._uploads.append(_Upload(local=part.local, path=part.path, rows=part.rows))
+
+    def _upload_pending(self) -> tuple[int, int]:
+        """Upload closed object-store parts; a failure keeps the spool file for the next flush, up to
+        ``max_upload_attempts`` times. (rows uploaded, rows given up)."""
+        uploaded = given_up = 0
+        for upload in list(self._uploads):
+            try:
+                self._upload(upload)
+                uploaded += upload.rows
+            except Exception as exc:  # endpoint down, credentials...: retried at the next flush
+                upload.attempts += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                if upload.attempts < self.max_upload_attempts:
+                    logger.warning("prediction log: upload to %s failed (%s), will retry", upload.path, exc)
+                    continue
+                logger.error("prediction log: gave up on %s after %d attempts: %s", upload.path, upload.attempts, exc)
+                with contextlib.suppress(OSError):
+                    os.unlink(upload.local)
+                given_up += upload.rows
+            self._uploads.remove(upload)
+        return uploaded, given_up
+
+    def _upload(self, upload: _Upload) -> None:
+        # An S3 object appears only when its (multipart) upload completes, i.e. when the stream closes: readers
+        # never see a partial object. A failure before that leaves nothing behind.
+        with open(upload.local, "rb") as src, self.fs.open_output_stream(upload.path) as out:
+            while chunk := src.read(8 << 20):
+                out.write(chunk)
+        os.unlink(upload.local)
         self.files_closed += 1

@@ -43,9 +43,20 @@ class GatewaySettings(BaseSettings):
     retry_backoff_max: float = Field(default=1.0, ge=0)
     breaker_failures: int = Field(default=5, ge=1, description="Consecutive failed calls that open the circuit")
     breaker_reset: float = Field(default=2.0, gt=0, description="Seconds open before a probe call")
-    # -- prediction log (Parquet by hour; off when no directory)
-    prediction_log_dir: str | None = None
+    # -- prediction log (Parquet by hour; off when neither is set): a local directory or file:// URL, or an object
+    # store URL such as s3://bucket/prefix (endpoint/region/credentials from the standard AWS_* variables).
+    # prediction_log_dir is the older name of the same setting (prediction_log_uri wins when both are set).
+    prediction_log_uri: str | None = Field(default=None, description="Where the prediction log goes")
+    prediction_log_dir: str | None = Field(default=None, description="Alias of prediction_log_uri (a directory)")
+    prediction_log_writer: str | None = Field(
+        default=None, description="Names this replica's files (the chart sets the pod name); default: host name"
+    )
     prediction_log_flush_interval: float = Field(default=2.0, gt=0)
     prediction_log_flush_rows: int = Field(default=5_000, ge=1)
     prediction_log_max_pending_rows: int = Field(default=50_000, ge=1)
     prediction_log_roll_seconds: float = Field(default=300.0, gt=0)
+
+    @property
+    def prediction_log_location(self) -> str | None:
+        """The prediction log's location: prediction_log_uri, else prediction_log_dir; None = off."""
+        return self.prediction_log_uri or self.prediction_log_dir or None

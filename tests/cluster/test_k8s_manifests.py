@@ -433,6 +433,19 @@ def test_every_environment_values_validate_before_and_after_a_promotion(gitops_t
         ({"gateway": {"settings": {"upstream": "http://x"}}}, "gateway.settings"),
         ({"gateway": {"podDisruptionBudget": {"maxUnavailable": "one"}}}, "gateway.podDisruptionBudget.maxUnavailable"),
         ({"serviceMonitor": {"interval": "often"}}, "serviceMonitor.interval"),
+        ({"predictionLog": {"persistance": {"size": "1Gi"}}}, "predictionLog"),  # typo: rejected
+        (
+            {"predictionLog": {"persistence": {"accessModes": ["ReadWriteAll"]}}},
+            "predictionLog.persistence.accessModes.0",
+        ),
+        ({"predictionLog": {"persistence": {"size": "ten"}}}, "predictionLog.persistence.size"),
+        ({"predictionLog": {"uri": "bucket/prefix"}}, "predictionLog.uri"),  # neither a URL nor an absolute path
+        ({"monitoring": {"prometheusRule": {"group": []}}}, "monitoring.prometheusRule"),
+        ({"monitoring": {"grafanaDashboard": {"enable": True}}}, "monitoring.grafanaDashboard"),
+        (
+            {"monitoring": {"prometheusRule": {"groups": [{"name": "g", "rules": [{"alert": "A", "exp": "up"}]}]}}},
+            "monitoring.prometheusRule.groups.0.rules.0",
+        ),
     ],
 )
 def test_schema_rejects_a_bad_value_naming_its_path(override, path):
@@ -590,11 +603,12 @@ _API_GROUPS = {
         ("configmaps", "ConfigMap"),
         ("services", "Service"),
         ("serviceaccounts", "ServiceAccount"),
+        ("persistentvolumeclaims", "PersistentVolumeClaim"),
     ],
     "apps/v1": [("deployments", "Deployment")],
     "autoscaling/v2": [("horizontalpodautoscalers", "HorizontalPodAutoscaler")],
     "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget")],
-    "monitoring.coreos.com/v1": [("servicemonitors", "ServiceMonitor")],
+    "monitoring.coreos.com/v1": [("servicemonitors", "ServiceMonitor"), ("prometheusrules", "PrometheusRule")],
 }
 
 
@@ -871,6 +885,266 @@ def test_the_gateway_init_container_waits_for_the_new_model(gitops_tree, helm_re
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ------------------------------------------------------------------------------------------- monitoring
+
+# Rule groups as ct_pipeline.domain.alert_rules writes them into the GitOps values (monitoring.prometheusRule.groups).
+RULE_GROUPS = [
+    {
+        "name": "ct-fraud-detector",
+        "interval": "1m",
+        "rules": [
+            {
+                "alert": "CtFeatureDrift",
+                "expr": 'max by (model, monitor, feature) (ct_monitor_drift_statistic{model="fraud-detector"}'
+                ' - ct_monitor_drift_threshold{model="fraud-detector"}) > 0',
+                "for": "0m",
+                "labels": {"severity": "warning", "model": "fraud-detector", "action": "retrain"},
+                "annotations": {"summary": "{{ $labels.model }}: {{ $labels.feature }} drifted"},
+            },
+            {
+                "alert": "CtSloLatencyP99",
+                "expr": "histogram_quantile(0.99, sum by (model, le) (rate(ct_gateway_request_duration_seconds_bucket"
+                '{job="ct-gateway",model="fraud-detector",endpoint="/predict"}[5m]))) > 0.25',
+                "for": "5m",
+                "labels": {"severity": "critical"},
+            },
+            {"record": "ct:fraud_detector:breaches", "expr": 'sum(ct_monitor_breach{model="fraud-detector"})'},
+        ],
+    }
+]
+
+
+def _gateway(objs: list[dict]) -> tuple[dict, dict]:
+    dep = next(o for o in objs if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-gateway"))
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    return dep["spec"]["template"]["spec"], container
+
+
+def _staging_values(gitops_tree: Path) -> dict:
+    return next(v for k, v in _deployed_values(gitops_tree).items() if k.startswith("staging/"))
+
+
+def test_prediction_log_on_a_volume(gitops_tree, helm_render):
+    values = merge(_staging_values(gitops_tree), {"predictionLog": {"enabled": True}})
+    objs = helm_render(values)
+    assert [p for o in objs for p in validate_object(o)] == []
+    (pvc,) = [o for o in objs if o["kind"] == "PersistentVolumeClaim"]
+    assert pvc["metadata"]["name"] == "fraud-detector-ct-serving-gateway-predictions"
+    assert pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"  # the log outlives the release
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"] and pvc["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    assert "storageClassName" not in pvc["spec"]  # the cluster's default class
+    pod, gw = _gateway(objs)
+    mount = next(m for m in gw["volumeMounts"] if m["name"] == "predictions")
+    assert mount["mountPath"] == "/var/lib/ct-gateway/predictions"
+    volume = next(v for v in pod["volumes"] if v["name"] == "predictions")
+    assert volume["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    env = {e["name"]: e for e in gw["env"]}
+    assert env["CT_GATEWAY_PREDICTION_LOG_URI"]["value"] == mount["mountPath"]
+    # every replica names its parts after its pod
+    assert env["CT_GATEWAY_PREDICTION_LOG_WRITER"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert pod["securityContext"]["fsGroup"] == 1034  # the non-root gateway can write the volume
+    cm = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-gateway"))["data"]
+    assert (cm["CT_GATEWAY_PREDICTION_LOG_FLUSH_INTERVAL"], cm["CT_GATEWAY_PREDICTION_LOG_ROLL_SECONDS"]) == (
+        "2",
+        "300",
+    )
+    # the settings the chart sets are the gateway's own (serving/gateway/settings.py)
+    from gateway.settings import GatewaySettings
+
+    names = {f"CT_GATEWAY_{k.upper()}" for k in GatewaySettings.model_fields}
+    assert {"CT_GATEWAY_PREDICTION_LOG_URI", "CT_GATEWAY_PREDICTION_LOG_WRITER"} <= names
+    assert {k for k in cm if k.startswith("CT_GATEWAY_PREDICTION_LOG")} <= names
+
+    sized = helm_render(
+        merge(
+            values,
+            {"predictionLog": {"persistence": {"storageClass": "-", "accessModes": ["ReadWriteMany"], "keep": False}}},
+        )
+    )
+    (pvc,) = [o for o in sized if o["kind"] == "PersistentVolumeClaim"]
+    assert pvc["spec"]["storageClassName"] == "" and pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert "annotations" not in pvc["metadata"]
+    existing = helm_render(merge(values, {"predictionLog": {"persistence": {"existingClaim": "shared-log"}}}))
+    assert not [o for o in existing if o["kind"] == "PersistentVolumeClaim"]
+    pod, _ = _gateway(existing)
+    assert next(v for v in pod["volumes"] if v["name"] == "predictions")["persistentVolumeClaim"] == {
+        "claimName": "shared-log"
+    }
+    ephemeral = helm_render(merge(values, {"predictionLog": {"persistence": {"enabled": False}}}))
+    assert not [o for o in ephemeral if o["kind"] == "PersistentVolumeClaim"]
+    pod, _ = _gateway(ephemeral)
+    assert next(v for v in pod["volumes"] if v["name"] == "predictions") == {"name": "predictions", "emptyDir": {}}
+    off = helm_render(_staging_values(gitops_tree))  # disabled (the default): no claim, no mount, no variable
+    pod, gw = _gateway(off)
+    assert not [o for o in off if o["kind"] == "PersistentVolumeClaim"]
+    assert [v["name"] for v in pod["volumes"]] == ["tmp"]
+    assert "CT_GATEWAY_PREDICTION_LOG_URI" not in {e["name"] for e in gw["env"]}
+
+
+def test_prediction_log_on_an_object_store(gitops_tree, helm_render):
+    values = merge(
+        _staging_values(gitops_tree),
+        {"predictionLog": {"enabled": True, "uri": "s3://ct-logs/predlog", "credentialsSecret": "predlog-s3"}},
+    )
+    objs = helm_render(values)
+    assert [p for o in objs for p in validate_object(o)] == []
+    assert not [o for o in objs if o["kind"] == "PersistentVolumeClaim"]  # no volume needed
+    pod, gw = _gateway(objs)
+    assert [v["name"] for v in pod["volumes"]] == ["tmp"]  # parts are spooled under /tmp, then uploaded
+    assert {e["name"]: e.get("value") for e in gw["env"]}["CT_GATEWAY_PREDICTION_LOG_URI"] == "s3://ct-logs/predlog"
+    assert {"secretRef": {"name": "predlog-s3"}} in gw["envFrom"]  # AWS_* credentials and endpoint
+
+
+def _rule_problems(obj: dict) -> list[str]:
+    """A PrometheusRule's structure (no CRD schema is available offline): monitoring.coreos.com/v1, metadata,
+    spec.groups[] with a unique name and rules[], each an alert or a record with an expr."""
+    where = f"PrometheusRule/{obj.get('metadata', {}).get('name')}"
+    problems = []
+    if obj.get("apiVersion") != "monitoring.coreos.com/v1" or obj.get("kind") != "PrometheusRule":
+        problems.append(f"{where}: apiVersion/kind {obj.get('apiVersion')}/{obj.get('kind')}")
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", obj.get("metadata", {}).get("name") or ""):
+        problems.append(f"{where}: metadata.name is not a DNS name")
+    if set(obj) - {"apiVersion", "kind", "metadata", "spec"} or set(obj.get("spec", {})) != {"groups"}:
+        problems.append(f"{where}: unknown top-level or spec fields")
+    groups = obj.get("spec", {}).get("groups") or []
+    if not groups:
+        problems.append(f"{where}: spec.groups is empty")
+    names = [g.get("name") for g in groups]
+    if len(set(names)) != len(names):
+        problems.append(f"{where}: group names repeat: {names}")
+    for i, group in enumerate(groups):
+        if not group.get("name") or not group.get("rules"):
+            problems.append(f"{where}: spec.groups[{i}] needs a name and rules")
+        for j, rule in enumerate(group.get("rules") or []):
+            at = f"{where}: spec.groups[{i}].rules[{j}]"
+            if ("alert" in rule) == ("record" in rule):
+                problems.append(f"{at}: exactly one of alert/record")
+            if not str(rule.get("expr", "")).strip():
+                problems.append(f"{at}: no expr")
+            if set(rule) - {"alert", "record", "expr", "for", "keep_firing_for", "labels", "annotations"}:
+                problems.append(f"{at}: unknown fields {sorted(set(rule) - {'alert', 'record', 'expr'})}")
+            for key in ("labels", "annotations"):
+                if not all(isinstance(v, str) for v in (rule.get(key) or {}).values()):
+                    problems.append(f"{at}: {key} values must be strings")
+    return problems
+
+
+def _promtool(rules: dict, tmp_path: Path) -> subprocess.CompletedProcess:
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool (Debian package prometheus, installed by `make test`) is required to parse rules"
+    path = tmp_path / "rules.yml"
+    path.write_text(json.dumps(rules))
+    return subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+
+
+def test_prometheus_rule_carries_the_groups_verbatim(gitops_tree, helm_render, tmp_path):
+    values = _staging_values(gitops_tree)
+    objs = helm_render(
+        merge(values, {"monitoring": {"prometheusRule": {"enabled": True, "labels": {"release": "kps"}}}})
+    )
+    assert not [o for o in objs if o["kind"] == "PrometheusRule"]  # enabled without groups: nothing to render
+    rule_values = {"enabled": True, "labels": {"release": "kps"}, "groups": RULE_GROUPS}
+    objs = helm_render(merge(values, {"monitoring": {"prometheusRule": rule_values}}))
+    (rule,) = [o for o in objs if o["kind"] == "PrometheusRule"]
+    assert _rule_problems(rule) == []
+    assert rule["spec"]["groups"] == RULE_GROUPS  # verbatim, {{ $labels }} templates included
+    assert rule["metadata"]["labels"]["release"] == "kps"
+    assert rule["metadata"]["labels"]["ct-pipeline.io/model"] == "fraud-detector"
+    res = _promtool({"groups": rule["spec"]["groups"]}, tmp_path)  # Prometheus' own parser accepts them
+    assert res.returncode == 0, res.stdout + res.stderr
+    # and the checks do look
+    assert _rule_problems({**rule, "spec": {"groups": [{"name": "g", "rules": [{"alert": "A"}]}]}})
+    assert _rule_problems(
+        {**rule, "spec": {"groups": [{"name": "g", "rules": [{"alert": "A", "record": "b", "expr": "1"}]}]}}
+    )
+    bad = _promtool({"groups": [{"name": "g", "rules": [{"alert": "A", "expr": "sum(("}]}]}, tmp_path)
+    assert bad.returncode != 0
+    off = helm_render(merge(values, {"monitoring": {"prometheusRule": {**rule_values, "enabled": False}}}))
+    assert not [o for o in off if o["kind"] == "PrometheusRule"]
+
+
+def test_service_monitor_labels_series_as_the_alert_rules_select_them(gitops_tree, helm_render):
+    objs = helm_render(merge(_staging_values(gitops_tree), {"serviceMonitor": {"enabled": True}}))
+    (sm,) = [o for o in objs if o["kind"] == "ServiceMonitor"]
+    relabel = sm["spec"]["endpoints"][0]["relabelings"]
+    assert {"action": "replace", "targetLabel": "model", "replacement": "fraud-detector"} in relabel
+    job = next(r for r in relabel if r["targetLabel"] == "job")
+    assert job["sourceLabels"] == ["__meta_kubernetes_service_label_app_kubernetes_io_component"]
+    components = {o["metadata"]["labels"]["app.kubernetes.io/component"] for o in objs if o["kind"] == "Service"}
+    assert {re.sub(job["regex"], job["replacement"].replace("$1", r"\1"), c) for c in components} == {
+        "ct-gateway",
+        "ct-model-server",
+    }
+
+
+def test_grafana_dashboard_configmap(gitops_tree, helm_render):
+    values = merge(
+        _staging_values(gitops_tree),
+        {"monitoring": {"grafanaDashboard": {"enabled": True, "annotations": {"grafana_folder": "ct-pipeline"}}}},
+    )
+    objs = helm_render(values)
+    assert [p for o in objs for p in validate_object(o)] == []
+    (cm,) = [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard")]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"  # the Grafana sidecar's label
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "ct-pipeline"}
+    (key,) = cm["data"]
+    assert key == "ct-fraud-detector.json"
+    dashboard = json.loads(cm["data"][key])
+    committed = json.loads((CHART / "dashboards" / "ct-model.json").read_text())
+    # one dashboard per release: its uid and title name the model, the model variable starts on it
+    assert dashboard["uid"] == "ct-fraud-detector" and dashboard["title"] == "ct-pipeline: fraud-detector"
+    (model_var,) = [v for v in dashboard["templating"]["list"] if v["name"] == "model"]
+    assert model_var["current"] == {"text": "fraud-detector", "value": "fraud-detector"}
+    for d in (dashboard, committed):
+        d.pop("uid"), d.pop("title")
+        for v in d["templating"]["list"]:
+            v.pop("current")
+    assert dashboard == committed  # otherwise the committed JSON, panel for panel
+    off = helm_render(_staging_values(gitops_tree))
+    assert not [o for o in off if o["metadata"]["name"].endswith("-dashboard")]
+
+
+def test_dashboard_queries_parse_as_promql(tmp_path):
+    """Every panel's query, with Grafana's variables filled in, is valid PromQL for Prometheus' own parser."""
+    committed = json.loads((CHART / "dashboards" / "ct-model.json").read_text())
+    exprs = [t["expr"] for p in committed["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 15
+    rules = [
+        {
+            "record": f"ct:dashboard:q{i}",
+            "expr": e.replace("$__rate_interval", "5m").replace("$model", "fraud-detector"),
+        }
+        for i, e in enumerate(exprs)
+    ]
+    res = _promtool({"groups": [{"name": "dashboard", "rules": rules}]}, tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_chart_with_monitoring_enabled_lints_and_helm_rejects_typos(gitops_tree, helm_render, tmp_path):
+    values = merge(
+        _staging_values(gitops_tree),
+        {
+            "predictionLog": {"enabled": True},
+            "monitoring": {
+                "prometheusRule": {"enabled": True, "groups": RULE_GROUPS},
+                "grafanaDashboard": {"enabled": True},
+            },
+            "serviceMonitor": {"enabled": True},
+        },
+    )
+    chart = _chart_with_values(tmp_path, merge(chart_defaults(), values), "monitoring")
+    assert [(s, p) for s, p in _lint(chart) if s >= 2] == []
+    kinds = sorted(o["kind"] for o in helm_render(values))
+    assert {"PersistentVolumeClaim", "PrometheusRule", "ServiceMonitor"} <= set(kinds)
+    assert kinds.count("ConfigMap") == 2
+    with pytest.raises(Exception, match=r"predictionLog.*persistance"):
+        helm_render(merge(values, {"predictionLog": {"persistance": {"size": "1Gi"}}}))
+    with pytest.raises(Exception, match=r"monitoring[./]prometheusRule"):
+        helm_render(
+            merge(values, {"monitoring": {"prometheusRule": {"groups": [{"name": "g", "rules": [{"exp": "1"}]}]}}})
+        )
 
 
 # ------------------------------------------------------------------------------------------- workflows

@@ -80,3 +80,15 @@ ct-pipeline.io/data-hash: {{ .Values.model.dataHash | quote }}
 {{- define "ct-serving.adminTokenSecret" -}}
 {{- default (printf "%s-admin" (include "ct-serving.gateway.fullname" .)) .Values.gateway.adminTokenSecret }}
 {{- end }}
+
+{{/* Where the gateway writes its prediction log: predictionLog.uri, else the volume's mount path. */}}
+{{- define "ct-serving.predictionLog.uri" -}}
+{{- default .Values.predictionLog.mountPath .Values.predictionLog.uri }}
+{{- end }}
+
+{{/* The PVC the gateway mounts for its prediction log ("" when none: off, an object store, or no persistence). */}}
+{{- define "ct-serving.predictionLog.claim" -}}
+{{- if and (include "ct-serving.deployed" .) .Values.predictionLog.enabled (not .Values.predictionLog.uri) .Values.predictionLog.persistence.enabled }}
+{{- default (printf "%s-predictions" (include "ct-serving.gateway.fullname" .)) .Values.predictionLog.persistence.existingClaim }}
+{{- end }}
+{{- end }}
