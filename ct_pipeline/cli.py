@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, cast
 
 import typer
 from rich.console import Console
@@ -494,6 +494,7 @@ def monitor_cmd(
 ) -> None:
     """Judge the served MODEL on its recent predictions: drift, nulls, volume, realized performance; write the
     report (JSON, HTML, PNG; MLflow), push its metrics, and request retraining on a breach that says so."""
+    from ct_pipeline.domain.monitor_report import MonitorReport, RetrainRequest  # noqa: F401 (the casts)
     from ct_pipeline.domain.records import RunRequest
     from ct_pipeline.steps import MONITOR_STEPS
 
@@ -502,8 +503,9 @@ def monitor_cmd(
     when = _parse_end(end) if end else datetime.now(UTC)
     ctx = state.context(spec, RunRequest(end=when, window=window, requested_by=os.environ.get("USER", "cli")))
     monitor_step, retrain_step = MONITOR_STEPS
-    report = monitor_step.run(ctx)
-    request = retrain_step.run(ctx, report) if trigger and report.retrain_wanted and ctx.retrain else None
+    report = cast("MonitorReport", monitor_step.run(ctx))
+    wanted = trigger and report.retrain_wanted and ctx.retrain is not None
+    request = cast("RetrainRequest", retrain_step.run(ctx, report)) if wanted else None
     if as_json:
         print(json.dumps({"report": report.to_json_dict(), "retrain": request and request.to_json_dict()}, indent=2))
         return

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ct_pipeline.domain.drift import DriftResult
 from ct_pipeline.domain.monitor_report import DriftCheck, Finding, PerformanceCheck, VolumeStats
 from ct_pipeline.domain.monitoring import (
@@ -93,7 +95,7 @@ def findings(
     """One Finding per breached (or not judged) subject, and one per monitor that held."""
     out: list[Finding] = []
     for monitor in monitoring.monitors:
-        base = {
+        base: dict[str, Any] = {
             "monitor": monitor.name,
             "kind": monitor.kind,
             "action": monitor.on_breach,
