@@ -9,7 +9,7 @@ at false_alarm_rate 0.05:
 "null" rows (no change) give the false-alarm rate, with its Wilson 95% interval; shift columns give power.
 Then a monitor of 8 unchanged features per kind with tests=8 (Bonferroni): its family-wise false-alarm rate.
 
-    python scripts/bench_drift.py [--trials 200] [--quick] [--workers 2] [--reference 50000]
+    python scripts/bench_drift.py [--trials 200] [--family-trials 100] [--quick] [--workers 2] [--reference 50000]
 """
 
 from __future__ import annotations
@@ -97,12 +97,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="50 trials (25 for the 8-feature monitor)")
+    parser.add_argument("--family-trials", type=int, default=None, help="8-feature monitor trials (default trials/2)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--reference", type=int, default=50_000, help="reference rows m")
     parser.add_argument("--seed", type=int, default=20_240_601)
     opts = parser.parse_args()
     trials = 50 if opts.quick else opts.trials
-    family_trials = 25 if opts.quick else trials
+    family_trials = 25 if opts.quick else opts.family_trials or max(1, trials // 2)
     m = opts.reference
     keys: list[tuple] = []
     for kind, scenarios in SCENARIOS.items():
