@@ -108,17 +108,23 @@ class AirflowAPI:
             raise TriggerError(f"Airflow API at {self.api_url}: POST /auth/token returned no access_token")
         return str(token)
 
+    @staticmethod
+    def _token_refused(resp: httpx.Response) -> bool:
+        # Airflow answers 401 without a token, and 403 "Invalid JWT token" for a bad or expired one.
+        return resp.status_code == 401 or (resp.status_code == 403 and "jwt" in _detail(resp).lower())
+
     def _request(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
         if self._token is None:
             self._token = self._login()
         resp = self._send(method, path, headers={"Authorization": f"Bearer {self._token}"}, **kwargs)
-        if resp.status_code == 401 and self._static_token is None:  # an expired JWT: log in once more
+        if self._token_refused(resp) and self._static_token is None:  # an expired JWT: log in once more
             self._token = self._login()
             resp = self._send(method, path, headers={"Authorization": f"Bearer {self._token}"}, **kwargs)
-        if resp.status_code == 401:
+        if self._token_refused(resp):
+            source = "CTPIPE_AIRFLOW_TOKEN" if self._static_token else f"the JWT of {self._username!r}"
             raise TriggerError(
-                f"Airflow API at {self.api_url} rejected the credentials while trying to {what} "
-                f"({method} {path}: 401 {_detail(resp)})"
+                f"Airflow API at {self.api_url} rejected the credentials ({source}) while trying to {what} "
+                f"({method} {path}: {resp.status_code} {_detail(resp)})"
             )
         if resp.status_code == 403:
             who = f"user {self._username!r}" if self._username and not self._static_token else "the token"
