@@ -14,10 +14,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from ct_pipeline.adapters.airflow_api import AirflowAPI
-from ct_pipeline.domain.assets import retrain_asset_uri
+from ct_pipeline.domain.assets import data_asset_uri, retrain_asset_uri
 from ct_pipeline.errors import TriggerError
 from ct_pipeline.settings import AirflowSettings
-from tests.support.airflow_server import AirflowServer
+from tests.support.airflow_server import REPO, AirflowServer
 
 MODEL = "demo-model"
 REASON = "retrained because `amount` drifted: PSI 0.31 > 0.2 over 48,210 predictions"
@@ -89,13 +89,36 @@ def airflow(tmp_path_factory):
     out = home / "out"
     out.mkdir()
     started = time.monotonic()
-    dags = {"demo_retrain.py": CONSUMER.replace("__OUT__", repr(str(out))), "demo_monitor.py": PRODUCER}
-    with AirflowServer(home / "home", dags=dags, users={"vera": ("viewer", "vera-pw")}) as server:
+    dags = {
+        "demo_retrain.py": CONSUMER.replace("__OUT__", repr(str(out))),
+        "demo_monitor.py": PRODUCER,
+        "ct_models.py": (REPO / "dags" / "ct_models.py").read_text(),  # the real generated DAGs, parsed only
+    }
+    env = {"CTPIPE_MODELS_DIR": str(REPO / "models"), "CTPIPE_HOME": str(home / "ctpipe")}
+    with AirflowServer(home / "home", dags=dags, users={"vera": ("viewer", "vera-pw")}, env=env) as server:
         server.out = out
         server.wait_for_dag("demo_retrain")
         server.wait_for_dag("demo_monitor")
         print(f"\nairflow up and DAGs parsed in {time.monotonic() - started:.1f}s ({server.timings})")
         yield server
+
+
+def test_the_generated_ct_dags_parse_with_their_asset_schedules(airflow):
+    training = airflow.wait_for_dag("ct_fraud_detector")
+    monitor = airflow.wait_for_dag("ct_fraud_detector_monitor")
+    assert airflow.api_get("/api/v2/importErrors")["import_errors"] == []
+    assert airflow.api_get("/api/v2/dagWarnings")["dag_warnings"] == []
+    assert training["timetable_summary"] == "Asset or 0 0 * * *"
+    assert monitor["timetable_summary"] == "0 * * * *"
+    assets = airflow.api_get("/api/v2/assets", uri_pattern="models/fraud-detector/")["assets"]
+    by_uri = {a["uri"]: a for a in assets}
+    retrain = by_uri[retrain_asset_uri("fraud-detector")]
+    assert retrain["name"] == "ct.fraud-detector.retrain" and retrain["group"] == "ct-pipeline"
+    assert [d["dag_id"] for d in retrain["scheduled_dags"]] == ["ct_fraud_detector"]
+    assert [(t["dag_id"], t["task_id"]) for t in retrain["producing_tasks"]] == [
+        ("ct_fraud_detector_monitor", "request_retrain")
+    ]
+    assert [d["dag_id"] for d in by_uri[data_asset_uri("fraud-detector")]["scheduled_dags"]] == ["ct_fraud_detector"]
 
 
 def _api(server: AirflowServer, **overrides) -> AirflowAPI:
