@@ -1,4 +1,5 @@
-"""Airflow entry point: one continuous-training DAG per spec in models/ (see ct_pipeline.dag_factory)."""
+"""Airflow entry point: per spec in models/ the training DAG ``ct_<model>`` (cron or its retrain/data asset) and
+the monitor DAG ``ct_<model>_monitor`` (see ct_pipeline.dag_factory)."""
 
 import os
 from pathlib import Path

@@ -45,11 +45,16 @@ def render_body(
     changes: list[tuple[str, str | None, str]] | None = None,
     code_sha: str | None = None,
     attachments: list[str] | None = None,
+    trigger: str | None = None,
 ) -> str:
-    """The markdown body of a promotion: why, champion vs challenger, gate checks, lineage, the change."""
+    """The markdown body of a promotion: why, champion vs challenger, gate checks, lineage, the change.
+
+    ``trigger`` is why the run that trained the challenger was started (a retrain request's reason, new data)."""
     env = spec.gitops.environment
     challenger, champion = decision.challenger, decision.champion
     lines = [f"**Promote `{spec.name}` v{bento.version} to {env}.** {decision.reason}", ""]
+    if trigger:
+        lines += [f"> **Why this run**: {trigger.strip()}", ""]
     if decision.forced:
         who = decision.forced_by or "someone"
         lines += [f"> **Forced** by {who}: {decision.force_reason or 'no reason given'}", ""]

@@ -23,6 +23,10 @@ class RunRequest(Record):
     force: bool = False
     reason: str | None = Field(default=None, description="Why, with force (recorded with the promotion)")
     requested_by: str | None = None
+    trigger: str | None = Field(
+        default=None,
+        description="Why this run was started, when an event did (e.g. the monitor's retrain reason)",
+    )
 
 
 class SyncResult(Record):

@@ -63,13 +63,14 @@ def open_promotion(
     publisher: GitPublisher,
     extra_files: Mapping[str, bytes] | None = None,
     now: datetime | None = None,
+    trigger: str | None = None,
 ) -> PromotionRecord:
     """Open (or update) the promotion ``<model>/v<version>`` of ``bento`` in the spec's environment.
 
     The values file is read from the base branch (an initial one is created when it is missing) and bumped;
     the branch also carries ``promotions/<id>/record.json`` (record, gate decision, Bento, what was deployed
-    before) and ``PR.md``. Refuses when the gate said no, when decision and Bento disagree, or when the base
-    branch already deploys this Bento.
+    before) and ``PR.md``; ``trigger`` (why the run started) heads the body. Refuses when the gate said no,
+    when decision and Bento disagree, or when the base branch already deploys this Bento.
     """
     if not decision.promote:
         raise PromotionRefusedError(
@@ -107,6 +108,7 @@ def open_promotion(
             changes=changed_values(current, new_text),
             code_sha=code_sha,
             attachments=sorted(extra),
+            trigger=trigger,
         )
         record = PromotionRecord(
             id=pid,
@@ -152,5 +154,11 @@ def evidence_files(ctx: StepContext, decision: GateDecision) -> dict[str, bytes]
 
 def promote(ctx: StepContext, decision: GateDecision, bento: BentoRef) -> PromotionRecord:
     return open_promotion(
-        ctx.spec, decision, bento, ctx.publisher, extra_files=evidence_files(ctx, decision), now=ctx.clock.now()
+        ctx.spec,
+        decision,
+        bento,
+        ctx.publisher,
+        extra_files=evidence_files(ctx, decision),
+        now=ctx.clock.now(),
+        trigger=ctx.request.trigger,
     )

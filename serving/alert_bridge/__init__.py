@@ -1,0 +1,1 @@
+"""The alert bridge: Alertmanager webhooks (``ct_action="retrain"``) in, deduplicated retrain requests out."""
