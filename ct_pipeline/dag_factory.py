@@ -35,7 +35,6 @@ from ct_pipeline.steps import STEPS, Step, step
 DAG_PREFIX = "ct_"
 MONITOR_SUFFIX = "_monitor"
 # The monitor step, resolved when the monitor task runs ("module:function"; tests point it at a fake).
-MONITOR_STEP = "ct_pipeline.steps.monitor:monitor"
 
 
 def dag_id_for(spec: ModelSpec) -> str:
@@ -200,16 +199,6 @@ def build_dag(spec_path: Path, spec: ModelSpec | None = None) -> Any:
 # -- the monitor DAG
 
 
-def _resolve(target: str) -> Any:
-    import importlib
-
-    module, _, name = target.partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise RuntimeError(f"the monitor step {target!r} cannot be loaded: {exc}") from None
-
-
 def monitor_task(spec_file: str) -> dict:
     """The ``monitor`` task: the monitor step on the window ending at this run's end; its report as JSON."""
     from airflow.sdk import get_current_context
@@ -224,8 +213,8 @@ def monitor_task(spec_file: str) -> dict:
         end=_run_end(context, params.get("end")), requested_by=monitor_dag_id_for(load_spec(spec_file))
     )
     ctx = build_context(load_spec(spec_file), load_settings(), request)
-    report = _resolve(MONITOR_STEP)(ctx)
-    print(f"monitor: {report.summary()}")
+    report = step("monitor").run(ctx)  # the feedback table's first step (ct_pipeline.steps.MONITOR_STEPS)
+    print(f"monitor: {step('monitor').describe(report, ctx.spec)}")
     return report.to_json_dict()
 
 

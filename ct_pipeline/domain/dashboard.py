@@ -20,6 +20,7 @@ from ct_pipeline.domain.monitor_report import (
     M_BREACH,
     M_DRIFT,
     M_DRIFT_THRESHOLD,
+    M_FINDING,
     M_LABELS,
     M_LAST_PROMOTION,
     M_LAST_REPORT,
@@ -52,6 +53,7 @@ MONITOR_METRICS = (
     M_DRIFT,
     M_DRIFT_THRESHOLD,
     M_BREACH,
+    M_FINDING,
     M_NULL_RATE,
     M_PREDICTIONS,
     M_VOLUME_PER_HOUR,
@@ -181,7 +183,10 @@ def grafana_dashboard(title: str = "ct-pipeline model") -> dict[str, Any]:
             "Breaches by monitor",
             "timeseries",
             (0, 14, 12, 8),
-            [(f"{M_BREACH}{{{_M}}}", "{{monitor}} {{subject}} ({{action}}, {{severity}})")],
+            [
+                (f"{M_BREACH}{{{_M}}}", "{{monitor}} {{subject}} ({{action}}, {{severity}})"),
+                (f"{M_FINDING}{{{_M}}}", "{{detail}}"),  # the report's own words for each breach
+            ],
             options={"legend": {"displayMode": "table", "placement": "right"}},
         ),
         _panel(

@@ -125,15 +125,18 @@ def judge(ctx: StepContext, trained: TrainResult) -> tuple[GateDecision, dict[st
         force_reason=request.reason if request.force else None,
         extra={"candidates": {c.name: {"version": c.version, **c.metrics} for c in trained.candidates}},
     )
-    promised = realized_metric(
-        spec.metric.name,
-        ev.y,
-        ev.challenger_scores,
-        confidence=spec.gate.confidence,
-        resamples=spec.gate.bootstrap_resamples,
-        seed=spec.gate.seed,
-    )
-    decision.extra["promise"] = promised.to_dict()
+    try:  # what the monitor will hold the served model to (its metric on this holdout, with its CI)
+        promised = realized_metric(
+            spec.metric.name,
+            ev.y,
+            ev.challenger_scores,
+            confidence=spec.gate.confidence,
+            resamples=spec.gate.bootstrap_resamples,
+            seed=spec.gate.seed,
+        )
+        decision.extra["promise"] = promised.to_dict()
+    except ValueError as exc:  # broken predictions: the checks already refuse the model
+        decision.extra["promise"] = {"metric": spec.metric.name, "error": str(exc)}
     plots = gate_plots(spec, decision, ev.y, ev.challenger_scores, ev.champion_scores)
     decision = decision.model_copy(update={"plots": [f"{tags.GATE_PLOTS_DIR}/{name}" for name in plots]})
     return decision, plots, ev
