@@ -186,6 +186,9 @@ class ServingSettings(BaseSettings):
     gateway_port: int = 8700
     model_server_base_port: int = 3700
     bind_host: str = "127.0.0.1"
+    prediction_log_roll_seconds: float = Field(
+        default=60.0, gt=0, description="Local gateway: seconds after which a prediction-log part is closed."
+    )
 
     @property
     def gateway_url(self) -> str:

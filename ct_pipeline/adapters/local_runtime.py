@@ -401,7 +401,9 @@ class LocalRuntime:
         log = self.logs / f"{model}-gateway-{port}.log"
         env = {
             # prediction log (Parquet by hour, model= partitions) next to the other runtime state
-            "CT_GATEWAY_PREDICTION_LOG_DIR": self.settings.prediction_log_uri,
+            "CT_GATEWAY_PREDICTION_LOG_URI": self.settings.prediction_log_uri,
+            # a part becomes readable when it is closed: the monitor sees a prediction this long after it is made
+            "CT_GATEWAY_PREDICTION_LOG_ROLL_SECONDS": str(self.settings.serving.prediction_log_roll_seconds),
             **os.environ,
             "CT_GATEWAY_UPSTREAM_URL": upstream,
             "CT_GATEWAY_ADMIN_TOKEN": token,
