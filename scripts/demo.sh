@@ -4,7 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=fraud-detector
 DAG=ct_fraud_detector
-END=$(date -u +%Y-%m-%dT00:00:00+00:00)
+TODAY=$(date -u +%Y-%m-%dT00:00:00+00:00)
+# The data drifts in its last two days; the first champion is trained on the 30 days before that.
+END=$(date -u -d "$(date -u +%Y-%m-%d) -2 days" +%Y-%m-%dT00:00:00+00:00)
 say() { printf '\n\033[1;34m==> %s\033[0m\n' "$*"; }
 run() { printf '\033[2m$ %s\033[0m\n' "$*"; "$@"; }
 
@@ -24,8 +26,8 @@ else
   echo "the demo continues with the Bento only (no image in the GitOps manifest)"
 fi
 
-say "Demo data: 60 days of card transactions, partitioned by day"
-run ctpipe demo-data --days 60
+say "Demo data: 60 days of card transactions, partitioned by day; fraudsters change tactics in the last 2 days"
+run ctpipe demo-data --days 60 --drift-days 2
 
 say "Airflow metadata DB (SQLite) and the DAG generated from models/$MODEL.yaml"
 airflow db migrate >"$CTPIPE_HOME/airflow-migrate.log" 2>&1 || { cat "$CTPIPE_HOME/airflow-migrate.log"; exit 1; }
@@ -78,6 +80,81 @@ d = deployed_model(publisher_for(s, spec), spec)
 print(f"{d.image_repository}@{d.image_digest} (tag {d.image_tag})" if d and d.image_digest else "none (Bento only)")
 PY
 )
+say "The feedback loop: a real Airflow scheduler, Prometheus + Alertmanager + Pushgateway, the alert bridge"
+run ctpipe airflow up
+run ctpipe monitoring up --interval 5s
+
+say "Traffic from before the drift through the gateway (the prediction log), and the monitor's report"
+t0=$(date -u +%s)
+run ctpipe traffic "$MODEL" --end "$END" --days 2 --rows 3000
+sleep 8   # the gateway closes its prediction-log part; the monitor reads closed parts only
+run ctpipe monitor "$MODEL" --window "$(( $(date -u +%s) - t0 + 5 ))s" --no-trigger
+
+say "The drift arrives: today's rows through the gateway, then the monitor (it pushes its numbers to Prometheus)"
+t1=$(date -u +%s); drift_at=$(date -u +%H:%M:%S)
+run ctpipe traffic "$MODEL" --end "$TODAY" --days 2 --rows 3000
+sleep 8
+run ctpipe monitor "$MODEL" --window "$(( $(date -u +%s) - t1 + 2 ))s" --no-trigger
+report_dir="$CTPIPE_HOME/reports/$MODEL/latest"
+
+say "Prometheus fires the alert; Alertmanager's webhook asks Airflow to retrain (an asset event)"
+python - "$MODEL" "$drift_at" <<'PY'
+import sys, time
+from datetime import UTC, datetime
+from ct_pipeline.adapters.airflow_api import AirflowAPI
+from ct_pipeline.adapters.local_airflow import LocalAirflow
+from ct_pipeline.adapters.local_monitoring import LocalMonitoringStack
+from ct_pipeline.adapters.prometheus import PrometheusAPI
+from ct_pipeline.domain.assets import retrain_asset_uri
+from ct_pipeline.settings import AirflowSettings, load_settings
+
+model, drift_at = sys.argv[1], sys.argv[2]
+s = load_settings()
+prom = PrometheusAPI(LocalMonitoringStack(s).endpoints().prometheus_url)
+af = LocalAirflow(s).endpoints()
+api = AirflowAPI(AirflowSettings(api_url=af.url, username=af.username, password=af.password))
+print(f"{drift_at}  drifted traffic starts")
+deadline = time.time() + 120
+alert = None
+while time.time() < deadline and alert is None:
+    alert = next((a for a in prom.alerts() if a["labels"].get("model") == model and a["state"] == "firing"
+                  and a["labels"].get("ct_action") == "retrain"), None)
+    time.sleep(2)
+if alert is None:
+    sys.exit("no retrain alert fired within 120 s (see ctpipe monitoring status)")
+print(f"{alert['activeAt'][11:19]}  Prometheus: {alert['labels']['alertname']} firing: {alert['annotations'].get('reason')}")
+event = None
+while time.time() < deadline + 60 and event is None:
+    event = api.last_event(retrain_asset_uri(model))
+    time.sleep(2)
+print(f"{event:%H:%M:%S}  Airflow: retrain asset event recorded" if event else "no asset event (cooldown? see the bridge log)")
+PY
+
+say "Airflow's scheduler runs the training DAG on that event; the promotion carries the reason"
+python - "$DAG" <<'PY'
+import sys, time
+from ct_pipeline.adapters.airflow_api import AirflowAPI
+from ct_pipeline.adapters.local_airflow import LocalAirflow
+from ct_pipeline.settings import AirflowSettings, load_settings
+dag = sys.argv[1]
+af = LocalAirflow(load_settings()).endpoints()
+api = AirflowAPI(AirflowSettings(api_url=af.url, username=af.username, password=af.password))
+deadline = time.time() + 900
+while time.time() < deadline:
+    runs = api._request("GET", f"/api/v2/dags/{dag}/dagRuns", "list runs", params={"order_by": "-run_after"}).json()["dag_runs"]
+    runs = [r for r in runs if r["run_type"] == "asset_triggered"]
+    if runs and runs[0]["state"] in ("success", "failed"):
+        r = runs[0]
+        print(f"{r['start_date'][11:19]} -> {r['end_date'][11:19]}  {dag} {r['run_id']}: {r['state']}")
+        sys.exit(0 if r["state"] == "success" else 1)
+    time.sleep(5)
+sys.exit("the asset-triggered training run did not finish within 15 minutes")
+PY
+retrained=$(ctpipe promotions list --model "$MODEL" --json | python -c 'import json,sys; o=[p for p in json.load(sys.stdin) if p["status"]=="open"]; print(o[-1]["id"] if o else "")')
+if [ -n "$retrained" ]; then
+  run ctpipe promotions show "$retrained" | head -12
+fi
+
 say "Done"
 echo "promotion branch : ${branch:-none} (remote $CTPIPE_HOME/gitops.git)"
 echo "served model     : $served"
@@ -85,4 +162,8 @@ echo "model image      : $image"
 echo "prediction API   : curl -s -X POST $gw/predict -H 'content-type: application/json' -d '{\"rows\": $sample}'"
 echo "MLflow UI        : mlflow ui --backend-store-uri sqlite:///$CTPIPE_HOME/mlflow.db --host 127.0.0.1"
 echo "roll back        : .venv/bin/ctpipe rollback $MODEL && .venv/bin/ctpipe reconcile"
+echo "monitor report   : $report_dir/report.html (and in MLflow, on the champion's run)"
+echo "airflow UI       : $(ctpipe airflow status 2>/dev/null | grep -Eo 'http://[^ ]+' | head -1)  (login: ctpipe airflow status)"
+echo "prometheus       : $(ctpipe monitoring status 2>/dev/null | grep -Eo 'http://127.0.0.1:[0-9]+' | head -1)"
+echo "retrained model  : ${retrained:-none} (merge it: ctpipe promotions merge ${retrained:-<id>} && ctpipe reconcile)"
 echo "stop the stack   : make stop"
