@@ -9,7 +9,7 @@ export AIRFLOW_HOME ?= $(CTPIPE_HOME)/airflow
 export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: help venv containers monitoring demo test test-unit lint typecheck stop clean bench-gate bench
+.PHONY: help venv containers monitoring demo test test-unit lint typecheck stop clean bench-gate bench bench-drift
 
 help:
 	@echo "make demo   - set up and run the whole continuous-training loop locally"
@@ -21,6 +21,7 @@ help:
 	@echo "make lint   - ruff check + ruff format --check over the whole tree"
 	@echo "make typecheck - mypy on ct_pipeline (make test runs it first)"
 	@echo "make bench-gate - false-promotion rate and power of the gate (about 10 minutes)"
+	@echo "make bench-drift - false-alarm rate and power of the drift monitors at n=200..100k (about 10 minutes)"
 	@echo "make bench  - serving throughput/latency: ceiling vs model server vs gateway path, + soak (about 10 minutes; needs wrk)"
 	@echo "make clean  - remove local state (.ctpipe) and the venv"
 
@@ -56,6 +57,9 @@ test: venv containers monitoring typecheck
 
 bench-gate: venv
 	$(BIN)/python scripts/bench_gate.py
+
+bench-drift: venv
+	$(BIN)/python scripts/bench_drift.py
 
 bench: venv
 	@command -v wrk >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] \

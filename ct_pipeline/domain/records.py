@@ -217,23 +217,3 @@ class ServedState(BaseModel):
     @property
     def gateway_url(self) -> str | None:
         return self.gateway.url if self.gateway else None
-
-
-SCHEMAS: dict[str, type[Record]] = {"gate-decision": GateDecision, "promotion-record": PromotionRecord}
-
-
-def write_schemas(directory) -> list[str]:
-    """Regenerate schemas/*.schema.json from the records (`python -m ct_pipeline.domain.records`)."""
-    import json
-    from pathlib import Path
-
-    written = []
-    for name, model in SCHEMAS.items():
-        path = Path(directory) / f"{name}.schema.json"
-        path.write_text(json.dumps(model.model_json_schema(mode="serialization"), indent=2, sort_keys=True) + "\n")
-        written.append(str(path))
-    return written
-
-
-if __name__ == "__main__":  # pragma: no cover
-    print("\n".join(write_schemas("schemas")))

@@ -7,6 +7,7 @@ import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pandas as pd
 import pytest
@@ -107,7 +108,9 @@ def test_unchanged_traffic_breaches_nothing(spec, promoted):
     pushed = {m.name for m in pusher.pushed[0][1].collect()}
     assert {"ct_monitor_drift_statistic", "ct_monitor_breach", "ct_monitor_window_predictions"} <= pushed
     folder = Path(report.artifacts[0])
-    assert json.loads((folder / "report.json").read_text())["predictions"] == len(rows)
+    written = json.loads((folder / "report.json").read_text())
+    assert written["predictions"] == len(rows)
+    jsonschema.validate(written, json.loads((REPO / "schemas" / "monitor-report.schema.json").read_text()))
     assert (folder / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert "No breach" in (folder / "report.html").read_text()
     run_id = outcome.decision.challenger.run_id

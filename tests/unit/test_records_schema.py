@@ -5,7 +5,8 @@ from pathlib import Path
 
 import jsonschema
 
-from ct_pipeline.domain.records import SCHEMAS, GateDecision
+from ct_pipeline.domain.records import GateDecision
+from ct_pipeline.domain.schemas import SCHEMAS
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 
@@ -14,7 +15,7 @@ def test_committed_schemas_match_the_records():
     for name, model in SCHEMAS.items():
         committed = json.loads((SCHEMA_DIR / f"{name}.schema.json").read_text())
         assert committed == model.model_json_schema(mode="serialization"), (
-            f"schemas/{name}.schema.json is stale: run `python -m ct_pipeline.domain.records`"
+            f"schemas/{name}.schema.json is stale: run `python -m ct_pipeline.domain.schemas`"
         )
 
 
