@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ct_pipeline.domain.history import CommitInfo, GitOpsEvent, promotion_events
-from ct_pipeline.domain.manifest import add_app_to_environment, app_files, read_deployed
+from ct_pipeline.domain.manifest import add_app_to_environment, app_files, monitoring_values_path, read_deployed
 from ct_pipeline.domain.promotion import (
     BRANCH_PREFIX,
     checked_promotion,
@@ -563,6 +563,8 @@ def init_local_remote(
     (``seed_dir``, else settings.gitops.seed_dir, default this checkout's ``gitops/``) and each spec's app files
     (:func:`ct_pipeline.domain.manifest.app_files`: the initial values file, the generated monitoring.yaml and,
     for the default layout, the app kustomization, listed in ``apps/<env>/kustomization.yaml`` when that exists).
+    Hand-written seed files win, except monitoring.yaml: it is generated, so the spec's own rendering replaces the
+    seed's.
     On an existing repository, only missing files are added (one commit); nothing is overwritten (a stale
     monitoring.yaml is updated by the next promotion). Idempotent. Specs whose ``gitops.remote`` names another
     remote are left out (initialize that one separately).
@@ -598,7 +600,10 @@ def init_local_remote(
             files = _seed_files(seed) if seed.is_dir() else {}
             for spec in ours:
                 for rel, text in app_files(spec).items():
-                    files.setdefault(rel, text.encode())  # a hand-written file in the seed wins
+                    if rel == monitoring_values_path(spec):
+                        files[rel] = text.encode()  # generated from the spec: the seed's copy may be another spec's
+                    else:
+                        files.setdefault(rel, text.encode())  # a hand-written file in the seed wins
                 _register_app(files, spec, lambda p: files.get(p))
             repo.run("symbolic-ref", "HEAD", f"refs/heads/{base}")
             repo.run("read-tree", "--empty")
