@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 import re
 import shutil
 import subprocess
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ct_pipeline.domain.history import CommitInfo, GitOpsEvent, promotion_events
-from ct_pipeline.domain.manifest import read_deployed, render_initial_values
+from ct_pipeline.domain.manifest import add_app_to_environment, app_files, monitoring_values_path, read_deployed
 from ct_pipeline.domain.promotion import (
     BRANCH_PREFIX,
     checked_promotion,
@@ -535,16 +536,38 @@ def _seed_files(seed_dir: Path) -> dict[str, bytes]:
     return files
 
 
+def _register_app(files: dict[str, bytes], spec: ModelSpec, read: Callable[[str], bytes | None]) -> None:
+    """List a new default-layout app directory (apps/<env>/<model>/) in its environment's kustomization (when
+    that file exists), so Flux deploys it; ``files`` receives the changed kustomization."""
+    if spec.gitops.manifest is not None:
+        return  # a custom layout is wired by hand
+    env_dir, app = posixpath.split(posixpath.dirname(spec.manifest_path))
+    path = f"{env_dir}/kustomization.yaml"
+    current = read(path)
+    if current is None:
+        return
+    try:
+        updated = add_app_to_environment(current.decode(), app)
+    except ManifestError as exc:
+        raise GitOpsError(f"{path}: {exc}") from None
+    if updated is not None:
+        files[path] = updated.encode()
+
+
 def init_local_remote(
     settings: Settings, specs: Iterable[ModelSpec], seed_dir: str | os.PathLike[str] | None = None
 ) -> str:
-    """Make sure the GitOps remote exists and has a values file for every spec; returns the remote URL.
+    """Make sure the GitOps remote exists and has an app directory for every spec; returns the remote URL.
 
     A missing local bare repository is created with one commit on the base branch holding the seed files
-    (``seed_dir``, else settings.gitops.seed_dir, default this checkout's ``gitops/``) and each spec's initial
-    values file. On an existing repository, only missing values files are added (one commit); nothing is
-    overwritten. Idempotent. Specs whose ``gitops.remote`` names another remote are left out (initialize that one
-    separately).
+    (``seed_dir``, else settings.gitops.seed_dir, default this checkout's ``gitops/``) and each spec's app files
+    (:func:`ct_pipeline.domain.manifest.app_files`: the initial values file, the generated monitoring.yaml and,
+    for the default layout, the app kustomization, listed in ``apps/<env>/kustomization.yaml`` when that exists).
+    Hand-written seed files win, except monitoring.yaml: it is generated, so the spec's own rendering replaces the
+    seed's.
+    On an existing repository, only missing files are added (one commit); nothing is overwritten (a stale
+    monitoring.yaml is updated by the next promotion). Idempotent. Specs whose ``gitops.remote`` names another
+    remote are left out (initialize that one separately).
     """
     remote, base = remote_for(None, settings.gitops_remote_url, settings.gitops.branch)
     specs = list(specs)
@@ -573,11 +596,15 @@ def init_local_remote(
 
     with publisher._clone() as repo:
         tip = repo.branch_tip(base)
-        values = {s.manifest_path: render_initial_values(s).encode() for s in ours}
         if tip is None:
             files = _seed_files(seed) if seed.is_dir() else {}
-            for rel, data in values.items():
-                files.setdefault(rel, data)  # a hand-written values file in the seed wins
+            for spec in ours:
+                for rel, text in app_files(spec).items():
+                    if rel == monitoring_values_path(spec):
+                        files[rel] = text.encode()  # generated from the spec: the seed's copy may be another spec's
+                    else:
+                        files.setdefault(rel, text.encode())  # a hand-written file in the seed wins
+                _register_app(files, spec, lambda p: files.get(p))
             repo.run("symbolic-ref", "HEAD", f"refs/heads/{base}")
             repo.run("read-tree", "--empty")
             if not files:
@@ -588,9 +615,14 @@ def init_local_remote(
             repo.push(f"{sha}:refs/heads/{base}")
             return remote
         repo.checkout(tip)
-        missing = {p: d for p, d in values.items() if repo.show(tip, p) is None}
+        missing: dict[str, bytes] = {}
+        for spec in ours:
+            for rel, text in app_files(spec).items():
+                if rel not in missing and repo.show(tip, rel) is None:
+                    missing[rel] = text.encode()
+            _register_app(missing, spec, lambda p: missing.get(p) or repo.show(tip, p))
         if missing:
-            repo.write_files(missing)
+            repo.write_files({valid_repo_path(p): d for p, d in missing.items()})
             names = ", ".join(sorted(missing))
             sha = repo.commit(f"Add initial values files\n\n{names}\n")
             repo.push(f"{sha}:refs/heads/{base}")

@@ -9,7 +9,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ct_pipeline.context import StepContext
-from ct_pipeline.domain.manifest import bump, changed_values, read_deployed, render_initial_values
+from ct_pipeline.domain.manifest import (
+    bump,
+    changed_values,
+    monitoring_values_path,
+    read_deployed,
+    render_initial_values,
+    render_monitoring_values,
+)
 from ct_pipeline.domain.promotion import body_path, promotion_branch, promotion_files, promotion_id, record_path
 from ct_pipeline.domain.promotion_body import render_body
 from ct_pipeline.domain.records import BentoRef, GateDecision, PromotionRecord
@@ -69,8 +76,10 @@ def open_promotion(
 
     The values file is read from the base branch (an initial one is created when it is missing) and bumped;
     the branch also carries ``promotions/<id>/record.json`` (record, gate decision, Bento, what was deployed
-    before) and ``PR.md``; ``trigger`` (why the run started) heads the body. Refuses when the gate said no,
-    when decision and Bento disagree, or when the base branch already deploys this Bento.
+    before) and ``PR.md``, and the monitoring values re-rendered from the spec (``monitoring.yaml`` next to the
+    values file: a change of the spec's monitors is reviewed and deployed with the promotion; unchanged, it is
+    identical and the commit does not touch it); ``trigger`` (why the run started) heads the body. Refuses when
+    the gate said no, when decision and Bento disagree, or when the base branch already deploys this Bento.
     """
     if not decision.promote:
         raise PromotionRefusedError(
@@ -79,7 +88,9 @@ def open_promotion(
     _check_consistent(spec, decision, bento)
     pid = promotion_id(spec.name, bento.version)
     extra = dict(extra_files or {})
-    reserved = {spec.manifest_path, record_path(pid), body_path(pid)}
+    monitoring_path = monitoring_values_path(spec)
+    monitoring_text = render_monitoring_values(spec).encode()
+    reserved = {spec.manifest_path, monitoring_path, record_path(pid), body_path(pid)}
     if clash := reserved & set(extra):
         raise PromotionError(f"extra_files must not replace the promotion's own files: {sorted(clash)}")
     code_sha = code_version()
@@ -123,7 +134,7 @@ def open_promotion(
             created_at=created_at,
             files=sorted(reserved | set(extra)),
         )
-        files: dict[str, bytes] = {spec.manifest_path: new_text.encode(), **extra}
+        files: dict[str, bytes] = {spec.manifest_path: new_text.encode(), monitoring_path: monitoring_text, **extra}
         files.update(
             promotion_files(
                 record,

@@ -46,7 +46,16 @@ import pytest
 from ruamel.yaml import YAML
 
 from ct_pipeline.adapters.git_local import init_local_remote
-from ct_pipeline.domain.manifest import bump, read_deployed, render_initial_values
+from ct_pipeline.adapters.local_monitoring import promtool_check
+from ct_pipeline.domain.alert_rules import alert_rules
+from ct_pipeline.domain.manifest import (
+    bump,
+    monitoring_values_path,
+    read_deployed,
+    render_app_kustomization,
+    render_initial_values,
+    render_monitoring_values,
+)
 from ct_pipeline.domain.records import BentoRef
 from ct_pipeline.domain.spec import discover_specs, load_spec
 from ct_pipeline.settings import load_settings
@@ -163,6 +172,10 @@ def validate_object(obj: dict) -> list[str]:
         for err in jsonschema.Draft7Validator(schema).iter_errors(obj):
             problems.append(f"{where}: {err.json_path}: {err.message}")
         return problems
+    if api.startswith("monitoring.coreos.com/"):  # Prometheus Operator kinds: no schema offline, checked by structure
+        checks = {"PrometheusRule": _rule_problems, "ServiceMonitor": _service_monitor_problems}
+        check = checks.get(obj.get("kind", ""))
+        return check(obj) if check else [f"{where}: {api} {obj.get('kind')} is not checked here"]
     import kubernetes_validate
 
     try:
@@ -215,6 +228,14 @@ def test_committed_values_are_what_render_initial_values_writes(specs):
         assert spec.manifest_path == f"apps/{env}/{model}/values.yaml"
         assert path.is_file(), f"{path} is not committed"
         assert path.read_text() == render_initial_values(spec), f"{path} differs from render_initial_values"
+        # the generated monitoring values and the app's kustomization are what init writes for a new model
+        monitoring = SEED / monitoring_values_path(spec)
+        assert monitoring == path.with_name("monitoring.yaml")
+        assert monitoring.is_file() and monitoring.read_text() == render_monitoring_values(spec), (
+            f"{monitoring} differs from render_monitoring_values: regenerate it from models/{model}.yaml"
+        )
+        kustomization = path.with_name("kustomization.yaml")
+        assert kustomization.read_text() == render_app_kustomization(spec), f"{kustomization} differs"
 
 
 def _key_paths(node, prefix: str = "") -> list[str]:
@@ -277,6 +298,15 @@ def test_validation_catches_unknown_fields_and_bad_values():
     assert validate_object(hr) == []
     hr["spec"]["upgrade"] = {"remediation": {"retry": 3}}  # typo of retries
     assert any("retry" in p for p in validate_object(hr))
+    sm = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": {"name": "m"},
+        "spec": {"selector": {"matchLabels": {"a": "b"}}, "endpoints": [{"port": "http", "path": "/metrics"}]},
+    }
+    assert validate_object(sm) == []
+    assert validate_object({**sm, "spec": {**sm["spec"], "selector": {}}})  # would scrape every Service
+    assert validate_object({**sm, "spec": {**sm["spec"], "endpoints": [{"port": 80, "interval": "often"}]}})
     svc = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}, "spec": {"ports": [{"port": "x"}]}}
     assert validate_object(svc)
     assert validate_object({**svc, "spec": {"ports": [{"port": 80}], "typo": 1}})
@@ -313,10 +343,13 @@ def test_references_between_objects_resolve(gitops_tree, env):
         assert has(ref["kind"], ref.get("namespace", ns), ref["name"])
         assert spec["install"]["remediation"]["retries"] >= 1
         assert spec["upgrade"]["remediation"]["retries"] >= 1 and spec["upgrade"]["cleanupOnFail"]
-        (values_from,) = spec["valuesFrom"]
-        cm = index.get(("ConfigMap", ns, values_from["name"]))
-        assert cm is not None, f"{hr['metadata']['name']}: valuesFrom {values_from['name']} is not rendered"
-        assert values_from["valuesKey"] in cm["data"]
+        values_from, monitoring_from = spec["valuesFrom"]  # the hand-reviewed values, then the generated ones
+        assert values_from["valuesKey"] == "values.yaml" and not values_from.get("optional")
+        assert monitoring_from["valuesKey"] == "monitoring.yaml" and monitoring_from["optional"] is True
+        for ref in (values_from, monitoring_from):
+            cm = index.get(("ConfigMap", ns, ref["name"]))
+            assert cm is not None, f"{hr['metadata']['name']}: valuesFrom {ref['name']} is not rendered"
+            assert list(cm["data"]) == [ref["valuesKey"]]  # Flux fails on a missing key, even when optional
     for policy in [o for o in objs if o["kind"] == "ImagePolicy"]:
         assert has("ImageRepository", policy["metadata"]["namespace"], policy["spec"]["imageRepositoryRef"]["name"])
     for auto in [o for o in objs if o["kind"] == "ImageUpdateAutomation"]:
@@ -346,7 +379,7 @@ def test_values_configmap_is_the_values_file_byte_for_byte(gitops_tree, specs):
 
 def _values_configmaps(objs, model: str) -> dict[str, str]:
     hr = next(o for o in objs if o["kind"] == "HelmRelease" and o["metadata"]["name"].startswith(f"{model}-"))
-    names = {v["name"] for v in hr["spec"]["valuesFrom"]}
+    names = {v["name"] for v in hr["spec"]["valuesFrom"] if v["valuesKey"] == "values.yaml"}
     return {
         o["metadata"]["name"]: o["data"]["values.yaml"]
         for o in objs
@@ -767,6 +800,8 @@ def test_rendered_chart_validates_for_every_environment(gitops_tree, helm_render
                 "HorizontalPodAutoscaler",
                 "PodDisruptionBudget",
                 "PodDisruptionBudget",
+                "PersistentVolumeClaim",  # the values file turns the prediction log (on a PVC) on
+                "ServiceMonitor",  # and the scrape of the gateway's series the SLO alerts read
             ]
         ), where
         assert [p for o in objs for p in validate_object(o)] == [], where
@@ -976,7 +1011,8 @@ def test_prediction_log_on_a_volume(gitops_tree, helm_render):
     assert not [o for o in ephemeral if o["kind"] == "PersistentVolumeClaim"]
     pod, _ = _gateway(ephemeral)
     assert next(v for v in pod["volumes"] if v["name"] == "predictions") == {"name": "predictions", "emptyDir": {}}
-    off = helm_render(_staging_values(gitops_tree))  # disabled (the default): no claim, no mount, no variable
+    off = helm_render(merge(_staging_values(gitops_tree), {"predictionLog": {"enabled": False}}))
+    # disabled (the chart's default): no claim, no mount, no variable
     pod, gw = _gateway(off)
     assert not [o for o in off if o["kind"] == "PersistentVolumeClaim"]
     assert [v["name"] for v in pod["volumes"]] == ["tmp"]
@@ -1028,6 +1064,41 @@ def _rule_problems(obj: dict) -> list[str]:
             for key in ("labels", "annotations"):
                 if not all(isinstance(v, str) for v in (rule.get(key) or {}).values()):
                     problems.append(f"{at}: {key} values must be strings")
+    return problems
+
+
+_DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
+
+
+def _service_monitor_problems(obj: dict) -> list[str]:
+    """A ServiceMonitor's structure (monitoring.coreos.com/v1): a selector with labels, endpoints that name a port
+    and a path, durations Prometheus parses, relabelings with an action and a target label."""
+    where = f"ServiceMonitor/{obj.get('metadata', {}).get('name')}"
+    problems = []
+    if obj.get("apiVersion") != "monitoring.coreos.com/v1":
+        problems.append(f"{where}: apiVersion {obj.get('apiVersion')}")
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?", obj.get("metadata", {}).get("name") or ""):
+        problems.append(f"{where}: metadata.name is not a DNS name")
+    spec = obj.get("spec") or {}
+    known = {"selector", "endpoints", "namespaceSelector", "jobLabel", "targetLabels", "podTargetLabels"}
+    if set(spec) - known:
+        problems.append(f"{where}: unknown spec fields {sorted(set(spec) - known)}")
+    if not (spec.get("selector") or {}).get("matchLabels"):
+        problems.append(f"{where}: spec.selector.matchLabels is empty (it would select every Service)")
+    if not spec.get("endpoints"):
+        problems.append(f"{where}: spec.endpoints is empty")
+    for i, endpoint in enumerate(spec.get("endpoints") or []):
+        at = f"{where}: spec.endpoints[{i}]"
+        if not isinstance(endpoint.get("port"), str) or not str(endpoint.get("path", "")).startswith("/"):
+            problems.append(f"{at}: needs a named port and an absolute path")
+        for key in ("interval", "scrapeTimeout"):
+            if key in endpoint and not _DURATION.match(str(endpoint[key])):
+                problems.append(f"{at}.{key}: {endpoint[key]!r} is not a duration")
+        for j, relabel in enumerate(endpoint.get("relabelings") or []):
+            if relabel.get("action") not in ("replace", "keep", "drop", "labelmap", "labeldrop", "labelkeep"):
+                problems.append(f"{at}.relabelings[{j}]: action {relabel.get('action')!r}")
+            if relabel.get("action") == "replace" and not relabel.get("targetLabel"):
+                problems.append(f"{at}.relabelings[{j}]: replace needs a targetLabel")
     return problems
 
 
@@ -1145,6 +1216,128 @@ def test_chart_with_monitoring_enabled_lints_and_helm_rejects_typos(gitops_tree,
         helm_render(
             merge(values, {"monitoring": {"prometheusRule": {"groups": [{"name": "g", "rules": [{"exp": "1"}]}]}}})
         )
+
+
+# ------------------------------------------------------------------------------------------- monitoring via GitOps
+
+
+def release_values(objs: tuple[dict, ...] | list[dict], hr: dict) -> tuple[list[str], dict]:
+    """What Flux hands to Helm for ``hr``: each valuesFrom entry's ConfigMap key, in order (an optional entry whose
+    ConfigMap is not there is skipped; a missing key fails even then, as in helm-controller), merged; later
+    entries override earlier ones. Returns (the texts used, the merged values)."""
+    ns = hr["metadata"]["namespace"]
+    configmaps = {
+        o["metadata"]["name"]: o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["namespace"] == ns
+    }
+    texts, values = [], {}
+    for ref in hr["spec"]["valuesFrom"]:
+        cm = configmaps.get(ref["name"])
+        if cm is None:
+            assert ref.get("optional"), f"valuesFrom {ref['name']} is not rendered and not optional"
+            continue
+        key = ref.get("valuesKey", "values.yaml")
+        assert key in cm["data"], f"missing key '{key}' in ConfigMap '{ref['name']}'"
+        texts.append(cm["data"][key])
+        values = merge(values, yaml_load(cm["data"][key]) or {})
+    return texts, values
+
+
+def _releases(objs) -> list[dict]:
+    return [o for o in objs if o["kind"] == "HelmRelease"]
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_the_release_gets_the_values_then_the_generated_monitoring_values(gitops_tree, specs, env):
+    """The rendered ConfigMaps carry apps/<env>/<model>/values.yaml and monitoring.yaml byte for byte, in that
+    order; the two files share no key, so neither overrides the other."""
+    objs = kustomize(gitops_tree / "apps" / env)
+    by_name = {s.name: s for s in specs}
+    assert _releases(objs)
+    for hr in _releases(objs):
+        model = hr["metadata"]["name"].removesuffix("-ct-serving")
+        spec = by_name[model]
+        spec = spec.model_copy(update={"gitops": spec.gitops.model_copy(update={"environment": env})})
+        texts, _ = release_values(objs, hr)
+        assert texts == [
+            (gitops_tree / spec.manifest_path).read_text(),
+            (gitops_tree / monitoring_values_path(spec)).read_text(),
+        ]
+        assert texts[1] == render_monitoring_values(spec)
+        assert set(yaml_load(texts[0])) & set(yaml_load(texts[1])) == set()
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_helm_renders_the_monitoring_of_every_environment(gitops_tree, specs, helm_render, tmp_path, env):
+    """values.yaml + monitoring.yaml as Flux composes them, after a promotion: Helm renders the PrometheusRule with
+    exactly the groups generated from the spec (and promtool accepts them), the ServiceMonitor of the gateway's
+    Service, the prediction log's PVC and the Grafana dashboard; the chart lints with these values."""
+    objs = kustomize(gitops_tree / "apps" / env)
+    by_name = {s.name: s for s in specs}
+    for hr in _releases(objs):
+        release = hr["metadata"]["name"]
+        spec = by_name[release.removesuffix("-ct-serving")]
+        _, values = release_values(objs, hr)
+        assert helm_render(values, release) == []  # nothing deployed yet: no rules, no claim, nothing
+        deployed = merge(values, yaml_load(bump(release_values(objs, hr)[0][0], _bento(spec.name, "4"))))
+        rendered_objs = helm_render(deployed, release)
+        assert [p for o in rendered_objs for p in validate_object(o)] == [], env
+        kinds = [o["kind"] for o in rendered_objs]
+        assert {"PrometheusRule", "ServiceMonitor", "PersistentVolumeClaim"} <= set(kinds)
+
+        (rule,) = [o for o in rendered_objs if o["kind"] == "PrometheusRule"]
+        assert rule["spec"]["groups"] == alert_rules(spec)["groups"]  # verbatim, templates included
+        assert rule["metadata"]["labels"]["ct-pipeline.io/model"] == spec.name
+        rules_file = tmp_path / f"{env}-{spec.name}-rules.yml"
+        rules_file.write_text(json.dumps({"groups": rule["spec"]["groups"]}))
+        assert "SUCCESS" in promtool_check(rules_file)  # Prometheus' own parser accepts the rendered rules
+
+        (sm,) = [o for o in rendered_objs if o["kind"] == "ServiceMonitor"]
+        selected = [
+            o
+            for o in rendered_objs
+            if o["kind"] == "Service"
+            and sm["spec"]["selector"]["matchLabels"].items() <= o["metadata"]["labels"].items()
+        ]
+        assert selected and all(
+            any(p.get("name") == sm["spec"]["endpoints"][0]["port"] for p in o["spec"]["ports"]) for o in selected
+        )
+        assert any(o["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway" for o in selected)
+
+        (pvc,) = [o for o in rendered_objs if o["kind"] == "PersistentVolumeClaim"]
+        pod, gw = _gateway(rendered_objs)
+        volume = next(v for v in pod["volumes"] if v["name"] == "predictions")
+        assert volume["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+
+        (dashboard,) = [
+            o for o in rendered_objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-dashboard")
+        ]
+        assert json.loads(dashboard["data"][f"ct-{spec.name}.json"])["uid"] == f"ct-{spec.name}"
+
+        chart = _chart_with_values(tmp_path, merge(chart_defaults(), deployed), f"lint-{env}-{spec.name}")
+        assert [(s, p) for s, p in _lint(chart) if s >= 2] == [], env
+
+
+def test_an_app_without_monitoring_values_still_deploys(gitops_tree, helm_render, tmp_path):
+    """An app directory made before monitoring.yaml existed (its kustomization generates only "values"): the
+    optional reference resolves to no ConfigMap, which Flux skips, and the chart renders without rules."""
+    tree = tmp_path / "tree"
+    shutil.copytree(gitops_tree, tree, ignore=shutil.ignore_patterns(".git"))
+    app = tree / "apps" / "staging" / "fraud-detector"
+    (app / "monitoring.yaml").unlink()
+    kustomization = (app / "kustomization.yaml").read_text()
+    (app / "kustomization.yaml").write_text(kustomization[: kustomization.index("  - name: monitoring")])
+    objs = kustomize(tree / "apps" / "staging")
+    (hr,) = _releases(objs)
+    refs = hr["spec"]["valuesFrom"]
+    assert [r["valuesKey"] for r in refs] == ["values.yaml", "monitoring.yaml"]
+    assert refs[1]["optional"] is True
+    assert not [o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"] == refs[1]["name"]]
+    texts, values = release_values(objs, hr)
+    assert texts == [(app / "values.yaml").read_text()]
+    rendered_objs = helm_render(yaml_load(bump(texts[0], _bento("fraud-detector", "4"))))
+    kinds = {o["kind"] for o in rendered_objs}
+    assert "PrometheusRule" not in kinds and "Deployment" in kinds
+    assert not [o for o in rendered_objs if o["metadata"]["name"].endswith("-dashboard")]
 
 
 # ------------------------------------------------------------------------------------------- workflows

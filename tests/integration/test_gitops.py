@@ -12,7 +12,13 @@ import pytest
 
 from ct_pipeline.adapters.git_local import LocalGitPublisher, init_local_remote
 from ct_pipeline.adapters.publishers import deployed_model
-from ct_pipeline.domain.manifest import bump, render_initial_values
+from ct_pipeline.domain.manifest import (
+    bump,
+    monitoring_values_path,
+    render_app_kustomization,
+    render_initial_values,
+    render_monitoring_values,
+)
 from ct_pipeline.domain.promotion import body_path, parse_record_file, promotion_branch, promotion_id, record_path
 from ct_pipeline.domain.records import BentoRef, PromotionRecord
 from ct_pipeline.errors import (
@@ -95,6 +101,9 @@ def test_init_creates_bare_repo_with_seed_and_values(settings, spec, remote):
     assert {"README.md", "clusters/staging/.gitkeep", "apps/base/.gitkeep", "infrastructure/.gitkeep"} <= files
     assert spec.manifest_path in files
     assert git(remote, "show", f"main:{spec.manifest_path}") + "\n" == render_initial_values(spec)
+    # the generated monitoring values sit next to the values file, exactly as rendered from the spec
+    assert monitoring_values_path(spec) == "apps/staging/fraud-detector/monitoring.yaml"
+    assert git(remote, "show", f"main:{monitoring_values_path(spec)}") + "\n" == render_monitoring_values(spec)
     assert git(remote, "rev-list", "--count", "main") == "1"
     publisher = LocalGitPublisher(remote)
     assert isinstance(publisher, GitPublisher)
@@ -111,7 +120,21 @@ def test_init_is_idempotent_and_only_adds_missing_values_files(settings, spec, r
     other = make_spec("churn", "production")
     init_local_remote(settings, [spec, other])
     assert git(remote, "rev-list", "--first-parent", "--count", "main") == "3"  # init, merge, add churn
-    assert git(remote, "diff", "--name-only", "main^", "main").splitlines() == [other.manifest_path]
+    # churn's whole app directory, listed in its environment so Flux deploys it
+    assert git(remote, "diff", "--name-only", "main^", "main").splitlines() == [
+        "apps/production/churn/kustomization.yaml",
+        "apps/production/churn/monitoring.yaml",
+        other.manifest_path,
+        "apps/production/kustomization.yaml",
+    ]
+    assert git(remote, "show", "main:apps/production/churn/kustomization.yaml") + "\n" == render_app_kustomization(
+        other
+    )
+    env = git(remote, "show", "main:apps/production/kustomization.yaml")
+    assert env.splitlines()[-2:] == ["  - fraud-detector", "  - churn"]
+    assert env.startswith("# Every model served in this environment")  # the comment stays
+    assert init_local_remote(settings, [spec, other]) == remote  # listed once: nothing more to add
+    assert git(remote, "rev-list", "--first-parent", "--count", "main") == "3"
     assert deployed_model(publisher, spec).version == "1"  # not overwritten
     assert deployed_model(publisher, other) is None
 
@@ -122,7 +145,14 @@ def test_init_with_explicit_seed_dir(settings, spec, tmp_path):
     (seed / "clusters" / "prod" / "kustomization.yaml").write_text("resources: []\n")
     remote = init_local_remote(settings, [spec], seed_dir=seed)
     files = git(remote, "ls-tree", "-r", "--name-only", "main").splitlines()
-    assert files == sorted(["clusters/prod/kustomization.yaml", spec.manifest_path])
+    assert files == sorted(
+        [
+            "clusters/prod/kustomization.yaml",
+            spec.manifest_path,
+            monitoring_values_path(spec),
+            "apps/staging/fraud-detector/kustomization.yaml",  # no apps/staging/kustomization.yaml to list it in
+        ]
+    )
     with pytest.raises(GitOpsError, match="does not exist"):
         init_local_remote(settings, [spec], seed_dir=tmp_path / "missing")
 

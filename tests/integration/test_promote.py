@@ -11,6 +11,7 @@ import pytest
 
 from ct_pipeline.adapters.git_local import LocalGitPublisher, init_local_remote
 from ct_pipeline.adapters.publishers import deployed_model, publisher_for
+from ct_pipeline.domain.manifest import render_monitoring_values
 from ct_pipeline.domain.promotion import body_path, record_path
 from ct_pipeline.errors import AlreadyDeployedError, PromotionError, PromotionRefusedError
 from ct_pipeline.steps.promote import open_promotion
@@ -42,6 +43,15 @@ def show(settings, rev_path: str) -> str:
     ).stdout
 
 
+def changed_files(settings, commit: str) -> list[str]:
+    return subprocess.run(
+        ["git", "--git-dir", settings.gitops_remote_url, "diff-tree", "--no-commit-id", "--name-only", "-r", commit],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+
+
 def test_promote_opens_a_branch_with_manifest_record_and_body(settings, spec, publisher):
     decision, bento = make_decision("3", champion=None), make_bento("3")
     record = promote(spec, decision, bento, settings)  # default publisher from settings
@@ -50,7 +60,9 @@ def test_promote_opens_a_branch_with_manifest_record_and_body(settings, spec, pu
     assert record.title == "Promote fraud-detector v3 to staging"
     assert record.status == "open" and record.environment == "staging" and record.base_branch == "main"
     assert record.manifest_path == "apps/staging/fraud-detector/values.yaml"
-    assert record.files == sorted([record.manifest_path, record_path(record.id), body_path(record.id)])
+    monitoring = "apps/staging/fraud-detector/monitoring.yaml"
+    assert record.files == sorted([record.manifest_path, monitoring, record_path(record.id), body_path(record.id)])
+    assert show(settings, f"{record.branch}:{monitoring}") == render_monitoring_values(spec)
 
     values = show(settings, f"{record.branch}:{record.manifest_path}")
     assert 'version: "3"' in values and "fraud_detector_service:b3" in values and "sha256:" + "cd" * 32 in values
@@ -98,6 +110,30 @@ def test_promote_update_merge_and_next_promotion(settings, spec, publisher):
 
     publisher.revert_last_promotion("fraud-detector", "staging")
     assert deployed_model(publisher, spec).version == "3"
+
+
+def test_a_change_of_monitors_travels_with_the_next_promotion(settings, spec, publisher):
+    """monitoring.yaml is re-rendered from the spec in every promotion: unchanged it is not in the commit's diff;
+    after the spec's monitors change, the next promotion carries the new alert rules, and merging deploys them."""
+    monitoring = "apps/staging/fraud-detector/monitoring.yaml"
+    seeded = show(settings, f"main:{monitoring}")
+    assert seeded == render_monitoring_values(spec)
+    first = promote(spec, make_decision("3", champion=None), make_bento("3"), settings, publisher)
+    changed = changed_files(settings, first.commit)
+    assert monitoring not in changed and spec.manifest_path in changed  # identical: untouched
+    publisher.merge_promotion(first.id)
+
+    data = spec.model_dump(by_alias=True)
+    data["monitoring"]["monitors"].append({"name": "stale", "kind": "stale_model", "max_age": "30d"})
+    watched = type(spec).model_validate(data)
+    assert render_monitoring_values(watched) != seeded and "CtModelStale" in render_monitoring_values(watched)
+    second = promote(watched, make_decision("4", champion="3"), make_bento("4"), settings, publisher)
+    assert monitoring in changed_files(settings, second.commit)
+    assert show(settings, f"{second.branch}:{monitoring}") == render_monitoring_values(watched)
+    publisher.merge_promotion(second.id)
+    assert show(settings, f"main:{monitoring}") == render_monitoring_values(watched)
+    publisher.revert_last_promotion("fraud-detector", "staging")  # a rollback takes the monitors back too
+    assert show(settings, f"main:{monitoring}") == seeded
 
 
 def test_promote_notes_when_the_gate_champion_is_not_what_is_deployed(settings, spec, publisher):
