@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ct_pipeline.adapters.local_runtime import _port_free, free_port, pid_alive, stop_process_group
+from ct_pipeline.adapters.local_runtime import _cmdline, _port_free, free_port, pid_alive, stop_process_group
 from ct_pipeline.errors import MonitoringError
 
 if TYPE_CHECKING:
@@ -103,6 +103,15 @@ def airflow_settings(settings: Settings) -> AirflowSettings | None:
         return settings.airflow
     endpoints = LocalAirflow(settings).endpoints()
     return endpoints.airflow_settings(settings.airflow.timeout) if endpoints else None
+
+
+def component_alive(pid: int | None) -> bool:
+    """A live (non-zombie) Airflow process. Its command line is read empty while it execs or retitles itself
+    (setproctitle), so empty counts as alive; anything else must name airflow (guards against pid reuse)."""
+    if not pid or not pid_alive(pid):
+        return False
+    cmdline = _cmdline(pid)
+    return not cmdline.strip() or MARK in cmdline
 
 
 def _log_tail(path: Path, lines: int = 30) -> str:
@@ -318,7 +327,7 @@ class LocalAirflow:
         """URL, login, files and per component pid/alive; ``healthy`` from the health endpoint (when alive)."""
         state = self._read_state() or {}
         pids = state.get("pids") or {}
-        components = {name: {"pid": pids.get(name), "alive": pid_alive(pids.get(name), MARK)} for name in COMPONENTS}
+        components = {name: {"pid": pids.get(name), "alive": component_alive(pids.get(name))} for name in COMPONENTS}
         running = bool(pids) and all(c["alive"] for c in components.values())
         health = self._health(state["url"]) if running and state.get("url") else {}
         return {
@@ -338,9 +347,10 @@ class LocalAirflow:
         state = self._read_state() or {}
         for name in COMPONENTS:
             pid = (state.get("pids") or {}).get(name)
-            if not pid_alive(pid, MARK):
-                proc = self._procs.get(name)
-                code = f" with code {proc.returncode}" if proc is not None and proc.poll() is not None else ""
+            proc = self._procs.get(name)
+            alive = proc.poll() is None if proc is not None and proc.pid == pid else component_alive(pid)
+            if not alive:
+                code = f" with code {proc.returncode}" if proc is not None and proc.returncode is not None else ""
                 raise MonitoringError(
                     f"airflow {name} (pid {pid}) exited{code}; log {self.log_path(name)}:\n{self.log_tail(name)}"
                 )
@@ -481,11 +491,11 @@ class LocalAirflow:
 
     def _all_alive(self, state: Mapping[str, Any]) -> bool:
         pids = state.get("pids") or {}
-        return all(pid_alive(pids.get(name), MARK) for name in COMPONENTS)
+        return all(component_alive(pids.get(name)) for name in COMPONENTS)
 
     def _dead(self, state: Mapping[str, Any]) -> list[str]:
         pids = state.get("pids") or {}
-        return [name for name in COMPONENTS if not pid_alive(pids.get(name), MARK)]
+        return [name for name in COMPONENTS if not component_alive(pids.get(name))]
 
     def _stop_all(self, state: Mapping[str, Any]) -> bool:
         stopped = False
