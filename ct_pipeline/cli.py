@@ -746,7 +746,8 @@ def retrain(
     airflow = _feedback_airflow(settings)
     if airflow is None:
         raise TriggerError(
-            "no Airflow to ask: set CTPIPE_AIRFLOW_API_URL (and _USERNAME/_PASSWORD or _TOKEN) or run `ctpipe airflow up`"
+            "no Airflow to ask: set CTPIPE_AIRFLOW_API_URL (and _USERNAME/_PASSWORD or _TOKEN) "
+            "or run `ctpipe airflow up`"
         )
     user = os.environ.get("USER", "cli")
     with AirflowAPI(airflow) as api:
