@@ -534,11 +534,248 @@ def monitor_cmd(
 @app.command()
 @handled
 def stop() -> None:
-    """Stop the local serving stack (model servers and gateway)."""
+    """Stop everything running locally: the alert bridge, the alerting stack, the local Airflow, the serving stack."""
+    from ct_pipeline.adapters.local_airflow import LocalAirflow
+    from ct_pipeline.adapters.local_feedback import LocalAlertBridge
+    from ct_pipeline.adapters.local_monitoring import LocalMonitoringStack
     from ct_pipeline.adapters.local_runtime import stop_all
 
-    stop_all(_state().settings)
+    settings = _state().settings
+    for what, down in (
+        ("alert bridge", LocalAlertBridge(settings).down),
+        ("alerting stack (Prometheus, Alertmanager, Pushgateway)", LocalMonitoringStack(settings).down),
+        ("local Airflow", LocalAirflow(settings).down),
+    ):
+        if down():
+            console.print(f"{what} stopped")
+    stop_all(settings)
     console.print("local serving stack stopped")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The feedback stack: a local Airflow, the alerting stack + the alert bridge, retrain requests
+
+airflow_app = typer.Typer(
+    help="The local Airflow (api-server, scheduler, dag-processor; LocalExecutor, SQLite) running the DAGs.",
+    no_args_is_help=True,
+)
+app.add_typer(airflow_app, name="airflow")
+monitoring_app = typer.Typer(
+    help="The local alerting stack (Prometheus, Alertmanager, Pushgateway) and the alert bridge to Airflow.",
+    no_args_is_help=True,
+)
+app.add_typer(monitoring_app, name="monitoring")
+
+
+def _login_line(endpoints) -> str:
+    return f"login [bold]{endpoints.username}[/] / [bold]{endpoints.password}[/]"
+
+
+@airflow_app.command("up")
+@handled
+def airflow_up() -> None:
+    """Start the local Airflow (idempotent) and print the UI URL and the login."""
+    from ct_pipeline.adapters.local_airflow import LocalAirflow
+
+    airflow = LocalAirflow(_state().settings)
+    err.print(f"starting Airflow (home {airflow.home}, DAGs {airflow.dags_folder}) ...", highlight=False)
+    endpoints = airflow.up()
+    console.print(f"[bold green]Airflow is up[/]: {endpoints.url}  ({_login_line(endpoints)})", highlight=False)
+    console.print(f"password file: {airflow.passwords_path}; logs: {airflow.home / 'logs'}", highlight=False)
+
+
+@airflow_app.command("down")
+@handled
+def airflow_down() -> None:
+    """Stop the local Airflow."""
+    from ct_pipeline.adapters.local_airflow import LocalAirflow
+
+    stopped = LocalAirflow(_state().settings).down()
+    console.print("local Airflow stopped" if stopped else "local Airflow was not running")
+
+
+@airflow_app.command("status")
+@handled
+def airflow_status() -> None:
+    """Whether the local Airflow runs and is healthy; its URL and login."""
+    from ct_pipeline.adapters.local_airflow import LocalAirflow
+
+    airflow = LocalAirflow(_state().settings)
+    info = airflow.status()
+    table = Table("component", "pid", "alive")
+    for name, component in info["components"].items():
+        table.add_row(name, str(component["pid"] or "-"), "[green]yes[/]" if component["alive"] else "[red]no[/]")
+    console.print(table)
+    if not info["running"]:
+        console.print("local Airflow is [bold]not running[/] (start it with `ctpipe airflow up`)")
+        return
+    health = "[bold green]healthy[/]" if info["healthy"] else f"[bold red]UNHEALTHY[/] {info['health']}"
+    endpoints = airflow.endpoints()
+    login = f"; {_login_line(endpoints)}" if endpoints else ""
+    console.print(f"Airflow at {info['url']}: {health}{login}", highlight=False)
+
+
+_DURATION = r"^[0-9]+(ms|s|m|h)$"
+
+
+def _feedback_airflow(settings: Settings):
+    from ct_pipeline.adapters.local_airflow import airflow_settings
+
+    return airflow_settings(settings)
+
+
+def _gateway_targets(settings: Settings, specs) -> tuple[dict[str, list[str]], list[str]]:
+    """Per model, the gateway Prometheus scrapes: the local serving stack's, else the configured gateway port
+    (one model only); and the models left without one."""
+    from ct_pipeline.adapters.local_runtime import LocalRuntime
+
+    served = {s.model: s.gateway_url for s in LocalRuntime(settings).status() if s.gateway_url}
+    targets: dict[str, list[str]] = {}
+    missing: list[str] = []
+    for spec in specs:
+        if spec.name in served:
+            targets[spec.name] = [str(served[spec.name])]
+        elif len(specs) == 1:
+            targets[spec.name] = [settings.serving.gateway_url]
+        else:
+            missing.append(spec.name)
+    return targets, missing
+
+
+@monitoring_app.command("up")
+@handled
+def monitoring_up(
+    interval: Annotated[str, typer.Option(help="Prometheus' scrape and rule-evaluation interval, e.g. 15s")] = "15s",
+) -> None:
+    """Start (or reload) Prometheus + Alertmanager + Pushgateway with the specs' alert rules, and the alert bridge
+    that turns retrain alerts into Airflow asset events (when an Airflow is configured or running locally)."""
+    import re
+
+    from ct_pipeline.adapters.local_feedback import LocalAlertBridge
+    from ct_pipeline.adapters.local_monitoring import LocalMonitoringStack
+
+    if not re.match(_DURATION, interval):
+        _fail(f"--interval {interval!r} is not a Prometheus duration (e.g. 2s, 15s, 1m)")
+    settings = _state().settings
+    specs = _all_specs(settings)
+    if not specs:
+        _fail(f"no model specs (*.yaml) in {settings.paths.models_dir}")
+    airflow = _feedback_airflow(settings)
+    bridge_url = None
+    if airflow is None:
+        err.print(
+            "[yellow]no Airflow[/]: the alert bridge is not started, so retraining by alert needs Airflow "
+            "(`ctpipe airflow up`, or set CTPIPE_AIRFLOW_API_URL)",
+            highlight=False,
+        )
+    else:
+        bridge_url = LocalAlertBridge(settings).up(airflow)
+    targets, missing = _gateway_targets(settings, specs)
+    for model in missing:
+        err.print(f"[yellow]{model}[/]: not served locally, no gateway to scrape (run `ctpipe reconcile`)")
+    stack = LocalMonitoringStack(settings, scrape_interval=interval, evaluation_interval=interval)
+    endpoints = stack.up(specs, targets, webhook_url=f"{bridge_url}/alertmanager" if bridge_url else None)
+    table = Table("component", "url")
+    table.add_row("Prometheus", endpoints.prometheus_url)
+    table.add_row("Alertmanager", endpoints.alertmanager_url)
+    table.add_row("Pushgateway", endpoints.pushgateway_url)
+    table.add_row("alert bridge", f"{bridge_url}/alertmanager -> Airflow {airflow.api_url}" if airflow else "-")
+    for model, model_targets in targets.items():
+        table.add_row(f"scraped gateway ({model})", ", ".join(model_targets))
+    console.print(table)
+    console.print(f"[bold green]alerting stack up[/] ({len(specs)} model(s), interval {interval})")
+
+
+@monitoring_app.command("down")
+@handled
+def monitoring_down() -> None:
+    """Stop the alert bridge and the alerting stack."""
+    from ct_pipeline.adapters.local_feedback import LocalAlertBridge
+    from ct_pipeline.adapters.local_monitoring import LocalMonitoringStack
+
+    settings = _state().settings
+    bridge = LocalAlertBridge(settings).down()
+    stack = LocalMonitoringStack(settings).down()
+    console.print(
+        f"alert bridge {'stopped' if bridge else 'was not running'}; "
+        f"alerting stack {'stopped' if stack else 'was not running'}"
+    )
+
+
+@monitoring_app.command("status")
+@handled
+def monitoring_status() -> None:
+    """Each component of the alerting stack and the alert bridge: pid, URL, alive, ready."""
+    from ct_pipeline.adapters.local_feedback import LocalAlertBridge
+    from ct_pipeline.adapters.local_monitoring import LocalMonitoringStack
+
+    settings = _state().settings
+    rows = dict(LocalMonitoringStack(settings).status())
+    bridge = LocalAlertBridge(settings).status()
+    rows["alert bridge"] = bridge
+    table = Table("component", "pid", "url", "state")
+    for name, info in rows.items():
+        state = (
+            "[green]ready[/]" if info["ready"] else ("[yellow]alive, not ready[/]" if info["alive"] else "[red]down[/]")
+        )
+        table.add_row(name, str(info["pid"] or "-"), str(info["url"] or "-"), state)
+    console.print(table)
+    if bridge["airflow_url"] and bridge["alive"]:
+        console.print(f"retrain alerts -> Airflow {bridge['airflow_url']}", highlight=False)
+
+
+@app.command()
+@handled
+def retrain(
+    model: str,
+    reason: Annotated[str | None, typer.Option(help="why (the training run and the promotion say it)")] = None,
+    data: Annotated[bool, typer.Option("--data", help="announce newly arrived data (the data asset) instead")] = False,
+) -> None:
+    """Ask Airflow to retrain MODEL: post its retrain asset event (cooldown and open promotions may suppress it),
+    or with --data its data-arrived event."""
+    from ct_pipeline.adapters.airflow_api import AirflowAPI
+    from ct_pipeline.domain.assets import data_asset_uri
+    from ct_pipeline.errors import TriggerError
+    from ct_pipeline.retrain import request_retrain
+    from ct_pipeline.wiring import SystemClock, make_publisher
+
+    settings = _state().settings
+    spec = _spec(settings, model)
+    if not data and not (reason or "").strip():
+        _fail("--reason is required: say why MODEL should be retrained (it is recorded with the run)")
+    airflow = _feedback_airflow(settings)
+    if airflow is None:
+        raise TriggerError(
+            "no Airflow to ask: set CTPIPE_AIRFLOW_API_URL (and _USERNAME/_PASSWORD or _TOKEN) "
+            "or run `ctpipe airflow up`"
+        )
+    user = os.environ.get("USER", "cli")
+    with AirflowAPI(airflow) as api:
+        if data:
+            now = SystemClock().now()
+            extra = {"source": "cli", "requested_by": user, "requested_at": now.isoformat()}
+            if reason:
+                extra["reason"] = reason
+            event_id = api.post_event(data_asset_uri(spec.name), extra)
+            console.print(f"[bold green]sent[/]: data-arrived event {event_id} for {spec.name} to {api.api_url}")
+            return
+        request = request_retrain(
+            spec,
+            reason,
+            trigger=api,
+            publisher=make_publisher(settings, spec),
+            clock=SystemClock(),
+            source="cli",
+            requested_by=user,
+        )
+    if request.sent:
+        console.print(
+            f"[bold green]sent[/]: retrain of {spec.name} requested (asset event {request.event_id} at "
+            f"{airflow.api_url}): {request.reason}",
+            highlight=False,
+        )
+    else:
+        console.print(f"[yellow]suppressed[/]: retrain of {spec.name} not requested: {request.suppressed}")
 
 
 def main() -> None:  # pragma: no cover

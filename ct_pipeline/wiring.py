@@ -70,16 +70,27 @@ def build_context(
 
 
 def feedback_ports(settings: Settings) -> dict[str, Any]:
-    """The monitor's ports: the prediction log, the labels, the Pushgateway and Airflow (when configured)."""
+    """The monitor's ports: the prediction log, the labels, the Pushgateway and Airflow.
+
+    The Pushgateway is ``CTPIPE_PUSHGATEWAY_URL``, else the running local alerting stack's (``ctpipe monitoring
+    up``); the retrain trigger is ``CTPIPE_AIRFLOW_API_URL``, else the running local Airflow (``ctpipe airflow
+    up``). Neither -> None. Finding the local ones reads their state files and checks pids: no network.
+    """
     from ct_pipeline.adapters.airflow_api import AirflowAPI
     from ct_pipeline.adapters.labels import LabelsSourceReader
+    from ct_pipeline.adapters.local_airflow import airflow_settings
+    from ct_pipeline.adapters.local_monitoring import LocalMonitoringStack
     from ct_pipeline.adapters.prediction_log import ParquetPredictionLog
     from ct_pipeline.adapters.prometheus import Pushgateway
 
-    monitoring = settings.monitoring
+    pushgateway_url = settings.monitoring.pushgateway_url
+    if not pushgateway_url:
+        local = LocalMonitoringStack(settings).endpoints()
+        pushgateway_url = local.pushgateway_url if local else None
+    airflow = airflow_settings(settings)
     return {
         "predictions": ParquetPredictionLog(settings.prediction_log_uri),
         "labels": LabelsSourceReader(settings.paths.data_root),
-        "metrics": Pushgateway(monitoring.pushgateway_url) if monitoring.pushgateway_url else None,
-        "retrain": AirflowAPI(settings.airflow) if settings.airflow.api_url else None,
+        "metrics": Pushgateway(pushgateway_url) if pushgateway_url else None,
+        "retrain": AirflowAPI(airflow) if airflow is not None else None,
     }
