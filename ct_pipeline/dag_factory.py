@@ -52,18 +52,28 @@ def model_asset(model: str, kind: AssetKind) -> Any:
     return Asset(name=asset_name(model, kind), uri=asset_uri(model, kind), group=ASSET_GROUP)
 
 
+def cron_timetable(spec: ModelSpec, schedule: str) -> Any:
+    """A cron trigger in UTC that never fires for a tick missed before the DAG existed (or was unpaused): a
+    deployment is not a reason to retrain. (Airflow's default runs the last tick when it is < 10% of a period
+    old.)"""
+    from datetime import timedelta
+
+    from airflow.sdk import CronTriggerTimetable
+
+    try:
+        return CronTriggerTimetable(schedule, timezone="UTC", run_immediately=timedelta(0))
+    except Exception as exc:  # croniter / Airflow's own validation, worded for the spec
+        raise SpecError(f"model spec {spec.name}: schedule {schedule!r} is not a cron expression: {exc}") from None
+
+
 def training_schedule(spec: ModelSpec) -> Any:
     """The spec's cron OR an event of the retrain or data asset; assets only when the spec has no schedule."""
-    from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
+    from airflow.sdk import AssetOrTimeSchedule
 
     assets = model_asset(spec.name, "retrain") | model_asset(spec.name, "data")
     if spec.schedule is None:
         return assets
-    try:
-        timetable = CronTriggerTimetable(spec.schedule, timezone="UTC")
-    except Exception as exc:  # croniter / Airflow's own validation, worded for the spec
-        raise SpecError(f"model spec {spec.name}: schedule {spec.schedule!r} is not a cron expression: {exc}") from None
-    return AssetOrTimeSchedule(timetable=timetable, assets=assets)
+    return AssetOrTimeSchedule(timetable=cron_timetable(spec, spec.schedule), assets=assets)
 
 
 def _trigger_events(context: Any) -> list[TriggerEvent]:
@@ -297,7 +307,7 @@ def build_monitor_dag(spec_path: Path, spec: ModelSpec | None = None) -> Any:
     @dag(
         dag_id=monitor_dag_id_for(spec),
         description=f"monitoring of {spec.name}: drift, volume, performance; requests retraining on a breach",
-        schedule=spec.monitoring.schedule,
+        schedule=cron_timetable(spec, spec.monitoring.schedule) if spec.monitoring.schedule else None,
         start_date=None,
         catchup=False,
         max_active_runs=1,
