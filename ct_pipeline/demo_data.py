@@ -28,6 +28,16 @@ TIME_COLUMN = "event_time"
 
 def _day_frame(day: date, rows: int, drifted: bool, rng: np.random.Generator) -> pd.DataFrame:
     seconds = np.sort(rng.integers(0, 86_400, rows))
+    campaign = np.zeros(rows, dtype=bool)
+    if drifted:
+        # A card-testing campaign: a third of the traffic is small, foreign, night-time purchases on new cards.
+        # The feature distributions move (covariate shift, what drift monitors see) and so does what they
+        # mean for fraud (concept drift, what only labels reveal).
+        campaign = rng.random(rows) < 0.33
+        night_hours = rng.choice([0, 1, 2, 3, 4, 23], size=int(campaign.sum()))
+        seconds[campaign] = night_hours * 3600 + rng.integers(0, 3600, int(campaign.sum()))
+        order = np.argsort(seconds, kind="stable")
+        seconds, campaign = seconds[order], campaign[order]
     times = pd.Timestamp(day, tz="UTC") + pd.to_timedelta(seconds, unit="s")
     hour = times.hour.to_numpy().astype("int64")
     is_weekend = np.full(rows, int(day.weekday() >= 5))
@@ -38,6 +48,11 @@ def _day_frame(day: date, rows: int, drifted: bool, rng: np.random.Generator) ->
     txn_count = rng.poisson(3, rows)
     is_foreign = (rng.random(rows) < 0.06).astype(int)
 
+    if drifted:
+        k = int(campaign.sum())
+        amount[campaign] = np.round(rng.lognormal(mean=1.6, sigma=0.6, size=k), 2)
+        is_foreign[campaign] = (rng.random(k) < 0.45).astype(int)
+        card_age[campaign] = rng.integers(1, 120, k)
     night = ((hour < 6) | (hour >= 23)).astype(float)
     if not drifted:
         logit = (

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -60,6 +61,12 @@ def ctpipe(env, *args, timeout=600) -> str:
 
 def monitor_json(env, window: str) -> dict:
     return json.loads(ctpipe(env, "monitor", MODEL, "--window", window, "--no-trigger", "--json"))
+
+
+def sent_rows(output: str) -> int:
+    match = re.search(r"sent ([\d,]+) rows", output)
+    assert match, output
+    return int(match.group(1).replace(",", ""))
 
 
 def local_settings(env):
@@ -139,11 +146,11 @@ def test_drift_alert_retrains_through_airflow_and_the_control_does_not(env):
 
     # Control: rows from before the drift. The report holds, Prometheus fires nothing, nobody retrains.
     control_start = datetime.now(UTC)
-    ctpipe(env, "traffic", MODEL, "--end", before_drift.isoformat(), "--days", "2", "--rows", "3000")
+    sent = sent_rows(ctpipe(env, "traffic", MODEL, "--end", before_drift.isoformat(), "--days", "2", "--rows", "3000"))
     time.sleep(5)  # the gateway closes its prediction-log part (3 s roll) and the monitor can read it
     control = monitor_json(env, f"{int((datetime.now(UTC) - control_start).total_seconds()) + 5}s")
     report = control["report"]
-    assert report["predictions"] >= 2_900
+    assert report["predictions"] == sent > 1_000  # every row sent was logged, and read back
     assert not [f for f in report["findings"] if f["breached"] and f["kind"] == "feature_drift"], report["findings"]
     assert report["alert_path"]["pushed"], report["alert_path"]
     time.sleep(8)  # several scrape + evaluation rounds at 2 s
@@ -153,10 +160,11 @@ def test_drift_alert_retrains_through_airflow_and_the_control_does_not(env):
     # Drift: the last two days' rows (fraudsters moved to small, foreign, night purchases), plus a plain shift.
     mark("drift injected (drifted traffic starts)")
     drift_start = datetime.now(UTC)
-    ctpipe(env, "traffic", MODEL, "--end", today.isoformat(), "--days", "2", "--rows", "3000")
+    sent = sent_rows(ctpipe(env, "traffic", MODEL, "--end", today.isoformat(), "--days", "2", "--rows", "3000"))
     time.sleep(5)
     drifted = monitor_json(env, f"{int((datetime.now(UTC) - drift_start).total_seconds()) + 2}s")
     report = drifted["report"]
+    assert report["predictions"] == sent
     mark("monitor report written")
     flagged = {c["feature"] for c in report["drift"] if c["drifted"]}
     assert flagged, report["drift"]
