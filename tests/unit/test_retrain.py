@@ -197,7 +197,7 @@ def test_bridge_turns_a_storm_of_identical_webhooks_into_one_event(bridge):
         {
             "model": "fraud-detector",
             "alerts": 1,
-            "reason": f"CtFeatureDrift: {REASON}",
+            "reason": f"{REASON} (alerts: CtFeatureDrift)",
             "action": "sent",
             "event_id": 1,
             "asset": retrain_asset_uri("fraud-detector"),
