@@ -83,7 +83,7 @@ def _read_sql(source: SqlSource, spec: ModelSpec, start: datetime, end: datetime
     try:
         with engine.connect() as conn:
             df = pd.read_sql(sa.text(source.query), conn, params={"start": start, "end": end})
-    except sa.exc.SQLAlchemyError as exc:
+    except (sa.exc.SQLAlchemyError, pd.errors.DatabaseError) as exc:  # pandas wraps the driver's error
         raise DataError(f"{spec.name}: sql source query failed: {exc.__class__.__name__}: {exc}") from None
     finally:
         engine.dispose()

@@ -70,7 +70,7 @@ class LabelsSourceReader:
         try:
             with engine.connect() as conn:
                 frame = pd.read_sql(sa.text(source.query), conn, params={"start": start, "end": end})
-        except sa.exc.SQLAlchemyError as exc:
+        except (sa.exc.SQLAlchemyError, pd.errors.DatabaseError) as exc:  # pandas wraps the driver's error
             where = engine.url.render_as_string(hide_password=True)
             raise DataError(f"labels query on {where} failed: {exc.__class__.__name__}: {exc}") from None
         finally:
