@@ -141,7 +141,9 @@ _SCAN = textwrap.dedent(
         batches += 1
         total += pa.compute.sum(batch.column("f0")).as_py() or 0.0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"rows": rows, "batches": batches, "before": before, "peak": peak, "total": total}))
+    arrow_peak = pa.default_memory_pool().max_memory()  # what Arrow held at most, whatever the allocator kept
+    print(json.dumps({"rows": rows, "batches": batches, "before": before, "peak": peak, "total": total,
+                      "arrow_peak": arrow_peak}))
     """
 )
 
@@ -195,8 +197,16 @@ def test_scanning_millions_of_rows_keeps_memory_bounded(tmp_path):
     assert out["rows"] == rows and out["batches"] >= rows // 65_536
     assert out["total"] == pytest.approx(total)  # every row read, once
     growth = out["peak"] - out["before"]
+    print(
+        f"scan: Arrow pool peak {out['arrow_peak'] / 1e6:.0f} MB, RSS growth {growth / 1e6:.0f} MB, "
+        f"rows {arrow_bytes / 1e6:.0f} MB"
+    )
     assert arrow_bytes > 500e6
-    assert growth < 250e6, f"scan grew RSS by {growth / 1e6:.0f} MB for {arrow_bytes / 1e6:.0f} MB of rows"
+    # Arrow's own peak is the bound that matters (mimalloc may keep freed pages, so RSS is noisier under load)
+    assert out["arrow_peak"] < 150e6, (
+        f"Arrow held {out['arrow_peak'] / 1e6:.0f} MB at once for {arrow_bytes / 1e6:.0f} MB"
+    )
+    assert growth < arrow_bytes, f"scan grew RSS by {growth / 1e6:.0f} MB for {arrow_bytes / 1e6:.0f} MB of rows"
     assert time.monotonic() - t0 < 60
 
 
