@@ -82,6 +82,9 @@ PY
 )
 say "The feedback loop: a real Airflow scheduler, Prometheus + Alertmanager + Pushgateway, the alert bridge"
 run ctpipe airflow up
+# `airflow dags test` above registered the DAGs paused; the scheduler runs them once unpaused
+run airflow dags unpause "$DAG" >/dev/null
+run airflow dags unpause "${DAG}_monitor" >/dev/null
 run ctpipe monitoring up --interval 5s
 
 say "Traffic from before the drift through the gateway (the prediction log), and the monitor's report"
