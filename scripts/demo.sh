@@ -7,6 +7,8 @@ DAG=ct_fraud_detector
 TODAY=$(date -u +%Y-%m-%dT00:00:00+00:00)
 # The data drifts in its last two days; the first champion is trained on the 30 days before that.
 END=$(date -u -d "$(date -u +%Y-%m-%d) -2 days" +%Y-%m-%dT00:00:00+00:00)
+# The local gateway closes a prediction-log part (what the monitor can read) after this many seconds.
+export CTPIPE_PREDICTION_LOG_ROLL_SECONDS=${CTPIPE_PREDICTION_LOG_ROLL_SECONDS:-5}
 say() { printf '\n\033[1;34m==> %s\033[0m\n' "$*"; }
 run() { printf '\033[2m$ %s\033[0m\n' "$*"; "$@"; }
 

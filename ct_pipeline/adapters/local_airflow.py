@@ -462,7 +462,7 @@ class LocalAirflow:
         while time.monotonic() < deadline:
             self.check_alive()
             health = self._health(url)
-            if _is_healthy(health):
+            if _is_healthy(health) and self._ours(state):
                 return
             last = health or "no answer"
             time.sleep(1)
@@ -470,6 +470,26 @@ class LocalAirflow:
         raise MonitoringError(
             f"Airflow at {url} did not become healthy in {self.startup_timeout:.0f}s (last: {last}); {tails}"
         )
+
+    @staticmethod
+    def _ours(state: Mapping[str, Any]) -> bool:
+        """The port is served by this api-server (or its workers), not by another process that took it between
+        choosing the port and binding it: a health answer from someone else's Airflow is not ours."""
+        import psutil
+
+        pid = (state.get("pids") or {}).get("api-server")
+        if not pid:
+            return False
+        try:
+            tree = {pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))}
+            listeners = {
+                c.pid
+                for c in psutil.net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == int(state["port"])
+            }
+        except (psutil.Error, OSError):
+            return False
+        return bool(tree & listeners)
 
     @staticmethod
     def _health(url: str) -> dict[str, Any]:
