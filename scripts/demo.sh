@@ -150,7 +150,7 @@ while time.time() < deadline:
     runs = [r for r in runs if r["run_type"] == "asset_triggered"]
     if runs and runs[0]["state"] in ("success", "failed"):
         r = runs[0]
-        print(f"{r['start_date'][11:19]} -> {r['end_date'][11:19]}  {dag} {r['run_id']}: {r['state']}")
+        print(f"{r['start_date'][11:19]} -> {r['end_date'][11:19]}  {dag} {r['dag_run_id']}: {r['state']}")
         sys.exit(0 if r["state"] == "success" else 1)
     time.sleep(5)
 sys.exit("the asset-triggered training run did not finish within 15 minutes")
