@@ -15,7 +15,6 @@ the password file, so another process (``ctpipe airflow down``, :func:`airflow_s
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -24,13 +23,14 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ct_pipeline.adapters.local_runtime import _cmdline, _port_free, free_port, pid_alive, stop_process_group
+from ct_pipeline.adapters.state_file import locked, read_state, write_state
 from ct_pipeline.errors import MonitoringError
 
 if TYPE_CHECKING:
@@ -530,30 +530,14 @@ class LocalAirflow:
                     proc.wait(timeout=5)
         return stopped
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.state_dir / "state.lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return locked(self.state_dir)
 
     def _read_state(self) -> dict[str, Any] | None:
-        try:
-            data = json.loads(self.state_path.read_text())
-        except FileNotFoundError:
-            return None
-        except ValueError as exc:
-            raise MonitoringError(f"{self.state_path} is not valid JSON ({exc}): remove it") from None
-        return data if isinstance(data, dict) else None
+        return read_state(self.state_path)
 
     def _write_state(self, state: Mapping[str, Any]) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_name(f".{self.state_path.name}.tmp")
-        tmp.write_text(json.dumps(dict(state), indent=2, sort_keys=True) + "\n")
-        tmp.replace(self.state_path)
+        write_state(self.state_path, state)
 
 
 def _is_healthy(health: Mapping[str, Any]) -> bool:

@@ -13,13 +13,11 @@ and everything else to a receiver that drops it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import logging
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +26,7 @@ from urllib.parse import urlsplit
 
 from ct_pipeline.adapters.local_runtime import free_port, pid_alive, stop_process_group
 from ct_pipeline.adapters.prometheus import AlertmanagerAPI, PrometheusAPI, Pushgateway
+from ct_pipeline.adapters.state_file import locked, read_state, write_state
 from ct_pipeline.domain.alert_rules import GATEWAY_JOB, alert_rules_yaml, dump_yaml
 from ct_pipeline.errors import MonitoringError
 
@@ -409,27 +408,14 @@ class LocalMonitoringStack:
 
     # -- state -------------------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / "state.lock", "w") as fh:
-            fcntl.flock(fh, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh, fcntl.LOCK_UN)
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return locked(self.dir)
 
     def _read_state(self) -> dict[str, Any] | None:
-        try:
-            data = json.loads(self.state_path.read_text())
-        except FileNotFoundError:
-            return None
-        except ValueError as exc:
-            raise MonitoringError(f"{self.state_path} is not valid JSON ({exc}): remove it") from None
-        return data if isinstance(data, dict) else None
+        return read_state(self.state_path)
 
     def _write_state(self, state: Mapping[str, Any]) -> None:
-        _write_atomic(self.state_path, json.dumps(dict(state), indent=2, sort_keys=True) + "\n")
+        write_state(self.state_path, state)
 
 
 def _write_atomic(path: Path, text: str) -> None:
